@@ -1,0 +1,112 @@
+//! Deploy flow, step 2: wasm bytes to a compiled `Component`, through an on-disk cache
+//! keyed by the wasm's digest and the engine's settings.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The `sha256:...` content digest used as a component's version.
+pub fn digest(wasm: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(wasm)))
+}
+
+/// How a component came to be compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compiled {
+    /// Compiled now, in this many milliseconds.
+    Fresh { ms: u64 },
+    /// Loaded from the on-disk cache in this many milliseconds.
+    Cached { ms: u64 },
+}
+
+/// Compiled code on disk, one `.cwasm` per (wasm digest, engine settings).
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: Option<PathBuf>,
+}
+
+impl CompileCache {
+    /// A cache in `dir`, or none at all.
+    pub fn new(dir: Option<PathBuf>) -> CompileCache {
+        CompileCache { dir }
+    }
+
+    /// The default location: `$XDG_CACHE_HOME/weft` or `~/.cache/weft`.
+    pub fn default_dir() -> Option<PathBuf> {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+            .map(|d| d.join("weft"))
+    }
+
+    /// Compiles `wasm`, or loads the result of an earlier compile.
+    pub fn compile(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<(Component, Compiled)> {
+        let start = Instant::now();
+        let path = self
+            .dir
+            .as_ref()
+            .map(|dir| dir.join(cache_file_name(engine, digest)));
+        if let Some(path) = path.as_ref().filter(|p| p.exists()) {
+            match load(engine, path) {
+                Ok(component) => {
+                    return Ok((
+                        component,
+                        Compiled::Cached {
+                            ms: start.elapsed().as_millis() as u64,
+                        },
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e:#}")
+                }
+            }
+        }
+        let component = Component::new(engine, wasm)?;
+        let compiled = Compiled::Fresh {
+            ms: start.elapsed().as_millis() as u64,
+        };
+        if let Some(path) = path
+            && let Err(e) = store(&component, &path)
+        {
+            tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
+        }
+        Ok((component, compiled))
+    }
+}
+
+fn cache_file_name(engine: &Engine, digest: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    let digest = digest.trim_start_matches("sha256:");
+    format!("{digest}-{:016x}.cwasm", hasher.finish())
+}
+
+#[allow(unsafe_code)]
+fn load(engine: &Engine, path: &Path) -> Result<Component> {
+    // SAFETY: the file was written by `store` below from `Component::serialize` for an
+    // engine with the same compatibility hash (part of the file name), into a directory
+    // this host owns; wasmtime also checks the header before using it.
+    Ok(unsafe { Component::deserialize_file(engine, path) }?)
+}
+
+fn store(component: &Component, path: &Path) -> Result<()> {
+    let dir = path.parent().context("cache path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = component.serialize()?;
+    // Write then rename, so a concurrent reader never sees half a file.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    Ok(())
+}

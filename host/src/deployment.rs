@@ -1,0 +1,206 @@
+//! Deploy flow, step 3: a validated, compiled, pre-instantiated component version and
+//! its live counters. Requests hold an `Arc<Deployment>`, so a redeploy never pulls
+//! code out from under them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::compile::{CompileCache, Compiled, digest};
+use crate::instance::HostState;
+use crate::outbound_http::OutboundPolicy;
+use crate::spec::ComponentSpec;
+
+/// Why a component cannot be deployed. Each variant says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// Bad name or spec.
+    #[error("invalid deployment: {0}")]
+    InvalidSpec(String),
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly binary (it does not start with the `\\0asm` magic bytes)")]
+    NotWasm,
+    /// A core module where a component is needed.
+    #[error(
+        "this is a core WebAssembly module, not a component: build for `wasm32-wasip2` or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// Wasmtime could not compile it.
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// It imports something the host does not provide.
+    #[error("the component imports what this host does not provide: {0}")]
+    UnknownImport(String),
+    /// It does not export `wasi:http/incoming-handler`.
+    #[error(
+        "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes: {0}"
+    )]
+    WrongWorld(String),
+    /// Its routes clash with another component's.
+    #[error("{0}")]
+    RouteConflict(String),
+    /// Nothing is deployed under that name.
+    #[error("no component named `{0}` is deployed")]
+    NotFound(String),
+}
+
+/// A component version that is ready to serve.
+pub struct Deployment {
+    /// The component's name.
+    pub name: String,
+    /// `sha256:...` of the wasm bytes.
+    pub version: String,
+    /// Routes, limits, grants and config.
+    pub spec: ComponentSpec,
+    /// The compiled code.
+    pub component: Component,
+    /// Imports resolved once; each request only instantiates.
+    pub proxy: ProxyPre<HostState>,
+    /// Outgoing HTTP permissions derived from the spec.
+    pub outbound: OutboundPolicy,
+    /// Admission control: one permit per running instance.
+    pub concurrency: Arc<Semaphore>,
+    /// When it went live (seconds since the Unix epoch).
+    pub deployed_at: u64,
+    /// How the code was obtained.
+    pub compiled: Compiled,
+    /// Requests handled.
+    pub requests: AtomicU64,
+    /// Requests that ended in a trap, deadline or host error.
+    pub errors: AtomicU64,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// What `weft list` shows of a deployment.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DeploymentInfo {
+    /// Component name.
+    pub name: String,
+    /// `sha256:...` content digest.
+    pub version: String,
+    /// Route paths with their methods.
+    pub routes: Vec<crate::spec::RouteSpec>,
+    /// Seconds since the Unix epoch.
+    pub deployed_at: u64,
+    /// `fresh` or `cached`, with milliseconds.
+    pub compiled: serde_json::Value,
+    /// Requests handled.
+    pub requests: u64,
+    /// Requests that failed on the host side (trap, deadline, limits).
+    pub errors: u64,
+}
+
+impl Deployment {
+    /// Validates, compiles (or loads from cache) and pre-instantiates `wasm`.
+    pub fn prepare(
+        engine: &Engine,
+        linker: &Linker<HostState>,
+        cache: &CompileCache,
+        name: &str,
+        spec: ComponentSpec,
+        wasm: &[u8],
+    ) -> Result<Deployment, DeployError> {
+        crate::spec::validate_name(name).map_err(DeployError::InvalidSpec)?;
+        spec.validate().map_err(DeployError::InvalidSpec)?;
+        check_is_component(wasm)?;
+        let version = digest(wasm);
+        let (component, compiled) = cache
+            .compile(engine, wasm, &version)
+            .map_err(|e| DeployError::Compile(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))?;
+        let proxy = ProxyPre::new(pre).map_err(|e| DeployError::WrongWorld(format!("{e:#}")))?;
+        let deployed_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(Deployment {
+            name: name.to_string(),
+            version,
+            outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
+            concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+            spec,
+            component,
+            proxy,
+            deployed_at,
+            compiled,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// The same code under a new spec, without compiling again.
+    pub fn with_spec(&self, spec: ComponentSpec) -> Result<Deployment, DeployError> {
+        spec.validate().map_err(DeployError::InvalidSpec)?;
+        Ok(Deployment {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
+            concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+            spec,
+            component: self.component.clone(),
+            proxy: self.proxy.clone(),
+            deployed_at: self.deployed_at,
+            compiled: self.compiled,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// A snapshot for listings.
+    pub fn info(&self) -> DeploymentInfo {
+        DeploymentInfo {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            routes: self.spec.routes.clone(),
+            deployed_at: self.deployed_at,
+            compiled: serde_json::to_value(self.compiled).unwrap_or_default(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Tells a component from a core module or something else, before compiling.
+fn check_is_component(wasm: &[u8]) -> Result<(), DeployError> {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        return Err(DeployError::NotWasm);
+    }
+    // Bytes 4..8: version 1 is a core module; components use layer 1 (`0d 00 01 00`).
+    if wasm[6..8] == [0, 0] {
+        return Err(DeployError::CoreModule);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_components_from_modules() {
+        assert!(matches!(
+            check_is_component(b"hello world"),
+            Err(DeployError::NotWasm)
+        ));
+        assert!(matches!(
+            check_is_component(b"\0asm\x01\0\0\0"),
+            Err(DeployError::CoreModule)
+        ));
+        assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}

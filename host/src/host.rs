@@ -1,0 +1,161 @@
+//! A running host: the engine, the deployments, the HTTP listener and the admin
+//! listener, started together and shut down gracefully together.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::compile::CompileCache;
+use crate::deployments::Deployments;
+use crate::engine::{build_engine, build_linker, start_epoch_ticker};
+
+/// How to start a host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where HTTP routes are served.
+    pub listen: SocketAddr,
+    /// Where the admin API is served.
+    pub admin_listen: SocketAddr,
+    /// Bearer token for the admin API; required unless it listens on loopback.
+    pub admin_token: Option<String>,
+    /// Compiled-code cache directory; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may run at once across all components.
+    pub max_instances: u32,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            admin_token: None,
+            cache_dir: CompileCache::default_dir(),
+            max_instances: 1000,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A host serving HTTP and its admin API.
+#[derive(Debug)]
+pub struct Host {
+    deployments: Arc<Deployments>,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Host {
+    /// Builds the engine, binds both listeners and starts serving.
+    pub async fn start(config: HostConfig) -> Result<Host> {
+        if !config.admin_listen.ip().is_loopback() && config.admin_token.is_none() {
+            bail!(
+                "the admin API would listen on {} without a token: pass --admin-token (or set WEFT_ADMIN_TOKEN), or bind it to 127.0.0.1",
+                config.admin_listen
+            );
+        }
+        let engine =
+            build_engine(config.max_instances).context("configuring the wasmtime engine")?;
+        start_epoch_ticker(&engine);
+        let linker = build_linker(&engine).context("linking the host's WASI imports")?;
+        let deployments = Arc::new(Deployments::new(
+            engine,
+            linker,
+            CompileCache::new(config.cache_dir),
+        ));
+
+        let http = TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}: is another host running there?",
+                config.listen
+            )
+        })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen for the admin API on {}: is another host running there?",
+                    config.admin_listen
+                )
+            })?;
+        let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
+        let (stop, stopped) = watch::channel(false);
+        let servers = vec![
+            serve(
+                http,
+                crate::http_trigger::app(deployments.clone()),
+                stopped.clone(),
+            ),
+            serve(
+                admin,
+                crate::admin::app(deployments.clone(), config.admin_token),
+                stopped,
+            ),
+        ];
+        Ok(Host {
+            deployments,
+            http_addr,
+            admin_addr,
+            stop,
+            servers,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The address HTTP routes are served on.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The address of the admin API.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The host's deployments, to deploy into directly.
+    pub fn deployments(&self) -> &Arc<Deployments> {
+        &self.deployments
+    }
+
+    /// Stops accepting connections, lets requests in flight finish within the grace
+    /// period, then returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let all = futures::future::join_all(self.servers);
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            tracing::warn!(
+                "requests still in flight after {:?}; stopping anyway",
+                self.grace
+            );
+        }
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!("server stopped: {e}");
+        }
+    })
+}

@@ -1,0 +1,340 @@
+//! HTTP flow, step 1 and 3: where a request enters (the listener), is admitted (route,
+//! body and concurrency limits), runs in a fresh instance and becomes a response.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use hyper::body::Frame;
+use serde_json::json;
+use wasmtime::Trap;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::deployment::Deployment;
+use crate::deployments::Deployments;
+use crate::instance::{deadline_for, new_store};
+use crate::router::Routed;
+
+/// The axum app that serves every HTTP route of every deployment.
+pub fn app(deployments: Arc<Deployments>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(deployments)
+}
+
+/// Everything a client can be told instead of the guest's own response.
+#[derive(Debug)]
+pub enum HttpError {
+    /// No route matches the path.
+    NotFound { method: Method, path: String },
+    /// A route matches the path but not the method.
+    MethodNotAllowed { allow: Vec<Method> },
+    /// Body larger than the component's limit.
+    PayloadTooLarge { limit: u64 },
+    /// All of the component's instances are busy.
+    Overloaded { component: String },
+    /// The component did not answer within its deadline.
+    Deadline { component: String },
+    /// The component trapped or failed before answering.
+    GuestFailed { component: String },
+    /// The request cannot be handed to a component.
+    BadRequest(String),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            HttpError::NotFound { method, path } => (
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {path}"),
+            ),
+            HttpError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed for this route".to_string(),
+            ),
+            HttpError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {limit} bytes"),
+            ),
+            HttpError::Overloaded { component } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("component `{component}` is at its concurrency limit, retry later"),
+            ),
+            HttpError::Deadline { component } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("component `{component}` did not answer in time"),
+            ),
+            HttpError::GuestFailed { component } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("component `{component}` failed to handle the request"),
+            ),
+            HttpError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+        };
+        let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
+        match self {
+            HttpError::Overloaded { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            HttpError::MethodNotAllowed { allow } => {
+                let allow = allow
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(value) = HeaderValue::from_str(&allow) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+async fn handle(
+    State(deployments): State<Arc<Deployments>>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    let snapshot = deployments.snapshot();
+    let deployment = match snapshot
+        .routes
+        .lookup(request.method(), request.uri().path())
+    {
+        Routed::Found(route) => route.deployment.clone(),
+        Routed::MethodNotAllowed(allow) => return Err(HttpError::MethodNotAllowed { allow }),
+        Routed::NotFound => {
+            return Err(HttpError::NotFound {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+            });
+        }
+    };
+    drop(snapshot);
+    deployment.requests.fetch_add(1, Ordering::Relaxed);
+    run(&deployment, request).await
+}
+
+/// Runs one request through a fresh instance of `deployment`.
+async fn run(deployment: &Arc<Deployment>, request: Request) -> Result<Response, HttpError> {
+    let limit = deployment.spec.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(HttpError::PayloadTooLarge { limit });
+    }
+    let permit = deployment
+        .concurrency
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| HttpError::Overloaded {
+            component: deployment.name.clone(),
+        })?;
+
+    let deadline = deadline_for(deployment);
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| LimitedBody {
+        inner: body,
+        remaining: limit,
+        exceeded: exceeded.clone(),
+    });
+    let mut store = new_store(deployment, deadline);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (wasi_request, out) = {
+        let mut http = store.data_mut().http();
+        let req = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| HttpError::BadRequest(format!("invalid request: {e}")))?;
+        let out = http
+            .new_response_outparam(sender)
+            .map_err(|_| HttpError::BadRequest("invalid request".into()))?;
+        (req, out)
+    };
+
+    let task_deployment = deployment.clone();
+    let failed_midway = Arc::new(AtomicBool::new(false));
+    let task_failed = failed_midway.clone();
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        let call = async {
+            let proxy = task_deployment.proxy.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, wasi_request, out)
+                .await?;
+            anyhow::Ok(())
+        };
+        // The deadline covers the whole instance, including a body still streaming
+        // after the response head was sent; dropping the store ends the instance.
+        let result = match tokio::time::timeout_at(deadline.into(), call).await {
+            Ok(result) => result,
+            Err(_) => Err(Trap::Interrupt.into()),
+        };
+        if let Err(error) = &result {
+            // Set before the store (and with it the body's sender) is dropped, so a
+            // body cut short reads as an error, not as a complete response.
+            task_failed.store(true, Ordering::Release);
+            log_failure(&task_deployment, error);
+        }
+        result
+    });
+
+    let outcome = tokio::time::timeout_at(deadline.into(), receiver).await;
+    let failed = |task: tokio::task::JoinHandle<anyhow::Result<()>>| async move {
+        let error = match task.await {
+            Ok(Ok(())) => {
+                let error = anyhow::anyhow!("the guest returned without setting a response");
+                log_failure(deployment, &error);
+                error
+            }
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::anyhow!("the instance task failed: {e}"),
+        };
+        Err(classify(deployment, &error))
+    };
+    match outcome {
+        Ok(Ok(Ok(response))) => {
+            if exceeded.load(Ordering::Relaxed) {
+                return Err(HttpError::PayloadTooLarge { limit });
+            }
+            Ok(response.map(|body| {
+                Body::new(GuardedBody {
+                    inner: body,
+                    failed: failed_midway,
+                })
+            }))
+        }
+        Ok(Ok(Err(code))) => {
+            tracing::warn!(component = %deployment.name, version = %deployment.version, "guest answered with error code {code:?}");
+            if exceeded.load(Ordering::Relaxed) {
+                return Err(HttpError::PayloadTooLarge { limit });
+            }
+            Err(HttpError::GuestFailed {
+                component: deployment.name.clone(),
+            })
+        }
+        Ok(Err(_dropped)) => failed(task).await,
+        Err(_elapsed) => {
+            task.abort();
+            log_failure(deployment, &Trap::Interrupt.into());
+            Err(HttpError::Deadline {
+                component: deployment.name.clone(),
+            })
+        }
+    }
+}
+
+/// What the client is told about a failed instance.
+fn classify(deployment: &Deployment, error: &anyhow::Error) -> HttpError {
+    let component = deployment.name.clone();
+    if is_deadline(error) {
+        HttpError::Deadline { component }
+    } else {
+        HttpError::GuestFailed { component }
+    }
+}
+
+fn is_deadline(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+}
+
+/// The one log line for a failed instance: component, version and cause.
+fn log_failure(deployment: &Deployment, error: &anyhow::Error) {
+    deployment.errors.fetch_add(1, Ordering::Relaxed);
+    let (name, version) = (&deployment.name, &deployment.version);
+    if is_deadline(error) {
+        let ms = deployment.spec.limits.timeout_ms;
+        tracing::warn!(
+            "component {name} {version}: instance stopped: deadline of {ms} ms exceeded"
+        );
+    } else {
+        // wasmtime's messages carry the guest backtrace on several lines; keep one line.
+        let cause = format!("{error:#}")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        tracing::warn!("component {name} {version}: instance failed: {cause}");
+    }
+}
+
+/// The response body from the guest: if the instance fails before finishing it, the
+/// client sees a broken body rather than a clean, truncated one.
+struct GuardedBody {
+    inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+    failed: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) if this.failed.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the instance stopped before finishing the body".into(),
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream() && !self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// The request body handed to the guest, cut off after the component's byte limit.
+struct LimitedBody {
+    inner: Body,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.remaining {
+                    this.exceeded.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                        None,
+                    ))));
+                }
+                this.remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(
+                wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+            ))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

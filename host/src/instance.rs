@@ -1,0 +1,80 @@
+//! Where a component is instantiated: the per-request `Store` with its WASI context,
+//! limits and deadline. Every request and message gets a fresh one.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::deployment::Deployment;
+use crate::guest_log::GuestLog;
+use crate::outbound_http::OutboundPolicy;
+
+/// The data of one instance's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    outbound: OutboundPolicy,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
+}
+
+/// A fresh store for one call into `deployment`, with its memory cap and a deadline
+/// after which the guest traps with [`Trap::Interrupt`].
+pub fn new_store(deployment: &Deployment, deadline: Instant) -> Store<HostState> {
+    let spec = &deployment.spec;
+    let name: Arc<str> = deployment.name.as_str().into();
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(GuestLog::new(name.clone(), "stdout"))
+        .stderr(GuestLog::new(name, "stderr"))
+        .envs(&spec.config.iter().collect::<Vec<_>>());
+    let state = HostState {
+        wasi: wasi.build(),
+        http: WasiHttpCtx::new(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size((spec.limits.memory_mb as usize) << 20)
+            .build(),
+        outbound: deployment.outbound.clone(),
+    };
+    let mut store = Store::new(deployment.component.engine(), state);
+    store.limiter(|state| &mut state.limits);
+    // Yield to the executor at every epoch tick so a busy guest cannot starve other
+    // requests on this thread, and trap once the deadline has passed.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Err(Trap::Interrupt.into())
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// The deadline for a call starting now under `deployment`'s limits.
+pub fn deadline_for(deployment: &Deployment) -> Instant {
+    Instant::now() + Duration::from_millis(deployment.spec.limits.timeout_ms)
+}

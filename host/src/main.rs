@@ -1,0 +1,233 @@
+//! The `weft` command: parse the CLI and hand over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use weft::HostConfig;
+use weft::admin_client::AdminClient;
+use weft::manifest::Manifest;
+use weft::spec::{ComponentSpec, RouteSpec};
+
+/// weft: serverless WebAssembly microservices on HTTP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build (where needed) and serve every component of a manifest until Ctrl-C.
+    Up {
+        /// The application manifest.
+        #[arg(default_value = "weft.toml")]
+        manifest: PathBuf,
+        /// Address for HTTP routes.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+        /// Address for the admin API.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        admin: std::net::SocketAddr,
+        /// Bearer token for the admin API (required when it is not on loopback).
+        #[arg(long, env = "WEFT_ADMIN_TOKEN")]
+        admin_token: Option<String>,
+        /// Directory for compiled code (default: ~/.cache/weft).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Do not run build commands; use the `.wasm` files as they are.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Deploy a component to a running host (the running version serves until it is live).
+    Deploy {
+        /// The component's name.
+        name: String,
+        /// The `.wasm`; default: the `source` of the manifest entry named NAME.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// Take routes, limits and config from this manifest's entry named NAME.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// A route to serve (repeatable); replaces the manifest's routes.
+        #[arg(long = "route")]
+        routes: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the components deployed on a running host.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a component from a running host.
+    Undeploy {
+        /// The component's name.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The host's admin API.
+    #[arg(
+        long = "admin",
+        env = "WEFT_ADMIN",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    url: String,
+    /// Bearer token for the admin API.
+    #[arg(long = "admin-token", env = "WEFT_ADMIN_TOKEN")]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(&self) -> AdminClient {
+        AdminClient::new(&self.url, self.token.clone())
+    }
+}
+
+fn main() -> ExitCode {
+    quiet_error_backtraces();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn".into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// wasmtime makes error values on the request path; with `RUST_BACKTRACE=1` each would
+/// capture a backtrace. Keep panic backtraces, skip error ones, unless the user chose.
+#[allow(unsafe_code)]
+fn quiet_error_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up {
+            manifest,
+            listen,
+            admin,
+            admin_token,
+            cache_dir,
+            no_build,
+        } => {
+            let mut config = HostConfig {
+                listen,
+                admin_listen: admin,
+                admin_token,
+                ..HostConfig::default()
+            };
+            if cache_dir.is_some() {
+                config.cache_dir = cache_dir;
+            }
+            let host = weft::up::start(&manifest, config, !no_build).await?;
+            weft::up::wait_for_signal().await;
+            eprintln!("shutting down: finishing requests in flight...");
+            host.shutdown().await;
+            Ok(())
+        }
+        Command::Deploy {
+            name,
+            wasm,
+            manifest,
+            routes,
+            admin,
+        } => {
+            let entry = match &manifest {
+                Some(path) => Some(
+                    Manifest::load(path)?
+                        .components
+                        .into_iter()
+                        .find(|c| c.name == name)
+                        .with_context(|| {
+                            format!("{} has no component named `{name}`", path.display())
+                        })?,
+                ),
+                None => None,
+            };
+            let mut spec = entry
+                .as_ref()
+                .map(|e| e.spec.clone())
+                .unwrap_or_else(ComponentSpec::default);
+            if !routes.is_empty() {
+                spec.routes = routes
+                    .into_iter()
+                    .map(|path| RouteSpec {
+                        path,
+                        methods: vec![],
+                    })
+                    .collect();
+            }
+            let path = wasm
+                .or_else(|| entry.map(|e| e.source))
+                .context("say which .wasm to deploy: --wasm FILE, or --manifest weft.toml with an entry for it")?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            eprintln!(
+                "deploying {name} ({} KiB) to {}...",
+                bytes.len() / 1024,
+                admin.url
+            );
+            let (info, changed) = admin.client().deploy(&name, &spec, bytes).await?;
+            let state = if changed {
+                "live"
+            } else {
+                "already live (same version and spec)"
+            };
+            println!("{} {} {state}", info.name, info.version);
+            println!("{}", weft::up::route_table(&[info], "<host>"));
+            Ok(())
+        }
+        Command::List { admin } => {
+            let list = admin.client().list().await?;
+            if list.is_empty() {
+                println!("no components deployed");
+            }
+            for d in &list {
+                let routes: Vec<&str> = d.routes.iter().map(|r| r.path.as_str()).collect();
+                println!(
+                    "{:20} {:20} requests={} errors={} routes={}",
+                    d.name,
+                    d.version.chars().take(19).collect::<String>(),
+                    d.requests,
+                    d.errors,
+                    routes.join(",")
+                );
+            }
+            Ok(())
+        }
+        Command::Undeploy { name, admin } => {
+            let info = admin.client().undeploy(&name).await?;
+            println!("undeployed {} {}", info.name, info.version);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! What a deployment asks of the host: routes, limits, grants and config.
+//! The same shape is read from a `weft.toml` component entry and from an admin deploy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything about a component except its code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSpec {
+    /// HTTP routes served by the component.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Resource limits; any left out take their defaults.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Configuration values, readable by the guest as environment variables.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Hosts (`name` or `name:port`, `*` for any) the guest may call with outgoing HTTP.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+}
+
+/// One HTTP route: a path pattern and, optionally, the methods it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// `/exact`, `/users/:id` or `/static/...` (trailing wildcard).
+    pub path: String,
+    /// Upper-case method names; empty means any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Per-component limits. Every field has a default, so `[limits]` may name only some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock deadline for one request, in milliseconds (exceeded: 504).
+    pub timeout_ms: u64,
+    /// Cap on the guest's linear memory, in MiB (exceeded: allocation fails or traps, 500).
+    pub memory_mb: u64,
+    /// Instances running at once (excess requests: 503 with `Retry-After`).
+    pub max_concurrency: u32,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 30_000,
+            memory_mb: 128,
+            max_concurrency: 256,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Upper bound on `memory_mb`: the host's pooling allocator reserves this much per slot.
+pub const MAX_MEMORY_MB: u64 = 4096;
+
+impl ComponentSpec {
+    /// Checks what serde cannot: value ranges, route syntax and method names.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if l.timeout_ms == 0 {
+            return Err("limits.timeout_ms must be at least 1".into());
+        }
+        if l.memory_mb == 0 || l.memory_mb > MAX_MEMORY_MB {
+            return Err(format!(
+                "limits.memory_mb must be between 1 and {MAX_MEMORY_MB}"
+            ));
+        }
+        if l.max_concurrency == 0 {
+            return Err("limits.max_concurrency must be at least 1".into());
+        }
+        for route in &self.routes {
+            crate::router::Pattern::parse(&route.path)
+                .map_err(|e| format!("route `{}`: {e}", route.path))?;
+            for method in &route.methods {
+                http::Method::from_bytes(method.as_bytes())
+                    .ok()
+                    .filter(|_| method.chars().all(|c| c.is_ascii_uppercase()))
+                    .ok_or_else(|| {
+                        format!(
+                            "route `{}`: `{method}` is not an upper-case HTTP method",
+                            route.path
+                        )
+                    })?;
+            }
+        }
+        for host in &self.allowed_outbound_hosts {
+            if host.is_empty() || host.contains('/') {
+                return Err(format!(
+                    "allowed_outbound_hosts: `{host}` is not a host name (expected `name`, `name:port` or `*`)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a component name is usable in URLs, logs and file names.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "component name `{name}` must start with a-z and use only a-z, 0-9, `-` and `_` (64 characters at most)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_limits_and_routes() {
+        let mut spec = ComponentSpec::default();
+        assert!(spec.validate().is_ok());
+        spec.limits.memory_mb = 0;
+        assert!(spec.validate().unwrap_err().contains("memory_mb"));
+        spec.limits.memory_mb = 16;
+        spec.routes.push(RouteSpec {
+            path: "no-slash".into(),
+            methods: vec![],
+        });
+        assert!(spec.validate().unwrap_err().contains("no-slash"));
+        spec.routes[0] = RouteSpec {
+            path: "/ok".into(),
+            methods: vec!["get".into()],
+        };
+        assert!(spec.validate().unwrap_err().contains("upper-case"));
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("orders-v2").is_ok());
+        assert!(validate_name("Orders").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("../x").is_err());
+    }
+}

@@ -1,0 +1,340 @@
+//! The HTTP trigger end to end: real components, a real host, real HTTP.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use weft::spec::{ComponentSpec, Limits, RouteSpec};
+
+#[tokio::test]
+async fn hello_greets_with_the_path_and_unknown_paths_get_json_404() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "hello", "hello", routes(&["/hello/..."])).await;
+
+    let response = reqwest::get(url(&host, "/hello/world?x=1")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Hello from weft! You asked for /hello/world?x=1\n"
+    );
+
+    let response = reqwest::get(url(&host, "/nothing/here")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "no route for GET /nothing/here");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn most_specific_route_wins_and_methods_are_enforced() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "hello", "hello", routes(&["/api/..."])).await;
+    let mut exact = routes(&["/api/count"]);
+    exact.routes.push(RouteSpec {
+        path: "/api/items/:id/print".into(),
+        methods: vec!["POST".into()],
+    });
+    deploy(&host, "faults", "faults", exact).await;
+    let client = reqwest::Client::new();
+
+    let text = |path: &'static str| {
+        let client = client.clone();
+        let url = url(&host, path);
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(
+        text("/api/count").await,
+        "1",
+        "exact route beats the wildcard"
+    );
+    assert!(
+        text("/api/other").await.starts_with("Hello"),
+        "wildcard serves the rest"
+    );
+    assert!(
+        text("/api").await.starts_with("Hello"),
+        "wildcard serves its own prefix"
+    );
+
+    let post = client
+        .post(url(&host, "/api/items/7/print"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        post.text().await.unwrap(),
+        "printed",
+        "parameter route with its method"
+    );
+    // GET on the POST-only route falls back to the wildcard, which takes any method.
+    assert!(text("/api/items/7/print").await.starts_with("Hello"));
+
+    host.deployments().undeploy("hello").await.unwrap();
+    let get = client
+        .get(url(&host, "/api/items/7/print"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get.headers()["allow"], "POST");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_request_gets_a_fresh_instance() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
+    for _ in 0..5 {
+        let body = reqwest::get(url(&host, "/f/count"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "1", "a global counter never sees an earlier request");
+    }
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trap_is_a_500_and_the_host_keeps_serving() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
+    deploy(&host, "hello", "hello", routes(&["/hello"])).await;
+
+    let response = reqwest::get(url(&host, "/f/trap")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "component `faults` failed to handle the request"
+    );
+
+    assert_eq!(
+        reqwest::get(url(&host, "/f/count")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        reqwest::get(url(&host, "/hello")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let faults = host
+        .deployments()
+        .list()
+        .into_iter()
+        .find(|d| d.name == "faults")
+        .unwrap();
+    assert_eq!((faults.requests, faults.errors), (2, 1));
+    host.shutdown().await;
+}
+
+fn limited(path: &str, limits: Limits) -> ComponentSpec {
+    ComponentSpec {
+        limits,
+        ..routes(&[path])
+    }
+}
+
+#[tokio::test]
+async fn an_endless_loop_hits_the_deadline_with_504() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let limits = Limits {
+        timeout_ms: 300,
+        ..Limits::default()
+    };
+    deploy(&host, "faults", "faults", limited("/f/...", limits)).await;
+
+    let start = Instant::now();
+    let (looping, counted) = tokio::join!(
+        reqwest::get(url(&host, "/f/loop")),
+        reqwest::get(url(&host, "/f/count"))
+    );
+    assert_eq!(looping.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        counted.unwrap().status(),
+        StatusCode::OK,
+        "a looping guest does not block others"
+    );
+
+    // A guest that streams past its deadline is cut off mid-body.
+    let slow = reqwest::get(url(&host, "/f/slow?chunks=20&delay_ms=50"))
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert!(
+        slow.text().await.is_err(),
+        "the body must not end cleanly after the deadline"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_stopped_at_its_cap() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let limits = Limits {
+        memory_mb: 16,
+        ..Limits::default()
+    };
+    deploy(&host, "faults", "faults", limited("/f/...", limits)).await;
+
+    let response = reqwest::get(url(&host, "/f/hog")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        reqwest::get(url(&host, "/f/count")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn excess_concurrency_gets_503_with_retry_after() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let limits = Limits {
+        max_concurrency: 1,
+        ..Limits::default()
+    };
+    deploy(&host, "faults", "faults", limited("/f/...", limits)).await;
+
+    let slow = tokio::spawn(reqwest::get(url(&host, "/f/slow?chunks=10&delay_ms=50")));
+    // Wait until the slow request holds the only slot.
+    let mut rejected = None;
+    for _ in 0..100 {
+        let response = reqwest::get(url(&host, "/f/count")).await.unwrap();
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            rejected = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rejected = rejected.expect("a second request while the slot is taken must be refused");
+    assert_eq!(rejected.headers()["retry-after"], "1");
+    let body = slow.await.unwrap().unwrap().text().await.unwrap();
+    assert_eq!(body.lines().count(), 10, "the admitted request completes");
+    assert_eq!(
+        reqwest::get(url(&host, "/f/count")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_large_ones_echo_intact() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(
+        &host,
+        "faults",
+        "faults",
+        limited(
+            "/small/...",
+            Limits {
+                max_body_bytes: 1024,
+                ..Limits::default()
+            },
+        ),
+    )
+    .await;
+    deploy(&host, "big", "faults", routes(&["/big/..."])).await;
+    let client = reqwest::Client::new();
+
+    let ok = client
+        .post(url(&host, "/small/echo"))
+        .body(vec![7u8; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.bytes().await.unwrap().len(), 1000);
+    let declared = client
+        .post(url(&host, "/small/echo"))
+        .body(vec![7u8; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // Without Content-Length the limit is enforced while the guest reads.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..4).map(|_| Ok(vec![1u8; 600])).collect();
+    let streamed = client
+        .post(url(&host, "/small/echo"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let large: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let echoed = client
+        .post(url(&host, "/big/echo"))
+        .body(large.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.status(), StatusCode::OK);
+    assert!(
+        echoed.bytes().await.unwrap() == large,
+        "5 MiB echo must come back byte for byte"
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn least_privilege_and_outbound_http_allow_list() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "hello", "hello", routes(&["/hello"])).await;
+    let target = format!("http://{}/hello", host.http_addr());
+    let mut denied = routes(&["/denied/..."]);
+    denied.config.insert("GREETING".into(), "hi".into());
+    deploy(&host, "denied", "faults", denied).await;
+    let allowed = ComponentSpec {
+        allowed_outbound_hosts: vec![host.http_addr().to_string()],
+        ..routes(&["/allowed/..."])
+    };
+    deploy(&host, "allowed", "faults", allowed).await;
+
+    let env = reqwest::get(url(&host, "/denied/env"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        env.starts_with("vars: [\"GREETING=hi\"]\n"),
+        "only config reaches the environment: {env}"
+    );
+    assert!(
+        env.contains("root: Err"),
+        "no filesystem unless granted: {env}"
+    );
+
+    let fetch = |prefix: &str| url(&host, &format!("/{prefix}/fetch?url={target}"));
+    let denied = reqwest::get(fetch("denied"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(denied, "error: ErrorCode::HttpRequestDenied");
+    let allowed = reqwest::get(fetch("allowed"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(allowed, "status: 200");
+    host.shutdown().await;
+}

@@ -1,0 +1,38 @@
+# weft's everyday commands. `just --list` shows them.
+
+# Guest components are built into their own target directory, so building them never
+# waits on (or invalidates) the host's build.
+components_target := "target/components"
+wasm_dir := components_target / "wasm32-wasip2/release"
+admin := env_var_or_default("WEFT_ADMIN", "http://127.0.0.1:7070")
+
+# List the recipes.
+default:
+    @just --list
+
+# Build every guest component for wasm32-wasip2.
+build:
+    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p faults -p bad-import -p cli-app
+
+# Start a host serving the hello example (builds what is missing).
+up manifest="examples/hello/weft.toml":
+    cargo run -p weft -- up {{manifest}}
+
+# Rebuild one component and deploy it into the running host, using the example manifest's routes.
+deploy component manifest="examples/hello/weft.toml":
+    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p {{component}}
+    cargo run -q -p weft -- deploy {{component}} --manifest {{manifest}} --wasm {{wasm_dir}}/{{replace(component, "-", "_")}}.wasm --admin {{admin}}
+
+# What the running host serves.
+list:
+    cargo run -q -p weft -- list --admin {{admin}}
+
+# Run every test (the tests build the components they need).
+test:
+    cargo test
+
+# Formatting and lints, as CI would judge them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p faults -p bad-import -p cli-app -- -D warnings
