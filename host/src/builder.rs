@@ -72,3 +72,73 @@ fn newest(path: &Path) -> Option<SystemTime> {
         .filter_map(|e| newest(&e.path()))
         .max()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::BuildSpec;
+    use crate::spec::ComponentSpec;
+
+    fn entry(dir: &Path, sources: Vec<std::path::PathBuf>, command: &str) -> ComponentEntry {
+        ComponentEntry {
+            name: "c".into(),
+            source: dir.join("out.wasm"),
+            build: Some(BuildSpec {
+                command: command.into(),
+                workdir: Some(dir.to_path_buf()),
+                sources,
+            }),
+            spec: ComponentSpec::default(),
+        }
+    }
+
+    #[test]
+    fn builds_when_missing_or_stale_and_not_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("lib.rs"), "v1").unwrap();
+        let e = entry(
+            dir.path(),
+            vec![src.clone()],
+            "echo built >> log; touch out.wasm",
+        );
+        build_if_stale(&e).unwrap();
+        build_if_stale(&e).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).unwrap(),
+            "built\n",
+            "fresh output is not rebuilt"
+        );
+
+        let later = SystemTime::now() + std::time::Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(src.join("lib.rs"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        build_if_stale(&e).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("log")).unwrap(),
+            "built\nbuilt\n",
+            "a newer source rebuilds"
+        );
+    }
+
+    #[test]
+    fn failures_say_what_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build_if_stale(&entry(dir.path(), vec![], "exit 3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("building `c` failed") && err.contains("exit 3"),
+            "{err}"
+        );
+        let err = build_if_stale(&entry(dir.path(), vec![], "true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("still does not exist"), "{err}");
+    }
+}

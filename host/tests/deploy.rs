@@ -252,3 +252,52 @@ async fn admin_api_off_loopback_requires_a_token() {
     );
     host.shutdown().await;
 }
+
+#[tokio::test]
+async fn in_flight_requests_finish_on_their_version_across_redeploy_and_shutdown() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let admin = client_for(&host);
+    let spec = routes(&["/svc/..."]);
+    admin.deploy("svc", &spec, wasm("faults")).await.unwrap();
+
+    // Started on `faults`, which streams for about half a second.
+    let slow = tokio::spawn(reqwest::get(url(&host, "/svc/slow?chunks=10&delay_ms=50")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    admin.deploy("svc", &spec, wasm("hello")).await.unwrap();
+    let now = reqwest::get(url(&host, "/svc/slow"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        now.starts_with("Hello"),
+        "new requests reach the new version: {now}"
+    );
+    let body = slow.await.unwrap().unwrap().text().await.unwrap();
+    assert_eq!(
+        body.lines().count(),
+        10,
+        "the old version finished its response: {body}"
+    );
+
+    // Shutdown stops accepting but lets the request in flight complete.
+    admin.deploy("svc", &spec, wasm("faults")).await.unwrap();
+    let slow = tokio::spawn(reqwest::get(url(&host, "/svc/slow?chunks=10&delay_ms=50")));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let http_addr = host.http_addr();
+    host.shutdown().await;
+    let body = slow.await.unwrap().unwrap().text().await.unwrap();
+    assert_eq!(
+        body.lines().count(),
+        10,
+        "in-flight request completes during shutdown"
+    );
+    assert!(
+        reqwest::get(format!("http://{http_addr}/svc/count"))
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
