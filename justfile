@@ -12,7 +12,7 @@ default:
 
 # Build every guest component for wasm32-wasip2.
 build:
-    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p faults -p bad-import -p cli-app
+    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p faults -p bad-import -p cli-app -p responder
 
 # Start a host serving the hello example (builds what is missing).
 up manifest="examples/hello/weft.toml":
@@ -35,4 +35,4 @@ test:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
-    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p faults -p bad-import -p cli-app -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p faults -p bad-import -p cli-app -p responder -- -D warnings

@@ -38,6 +38,7 @@ pub fn app(deployments: Arc<Deployments>, token: Option<String>) -> Router {
             "/v1/health",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
+        .route("/v1/status", get(status))
         .route("/v1/components", get(list))
         .route(
             "/v1/components/{name}",
@@ -96,6 +97,10 @@ async fn authorize(
         }
     }
     next.run(request).await
+}
+
+async fn status(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    Json(json!({ "messaging": state.deployments.messaging().bus().describe() }))
 }
 
 async fn list(State(state): State<AdminState>) -> Json<Vec<DeploymentInfo>> {

@@ -42,6 +42,15 @@ impl AdminClient {
         Ok((response.json().await?, changed))
     }
 
+    /// The host's state: `{"messaging": "..."}`.
+    pub async fn status(&self) -> Result<Value> {
+        Ok(self
+            .send(self.request(reqwest::Method::GET, "/v1/status"))
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Lists what is deployed.
     pub async fn list(&self) -> Result<Vec<DeploymentInfo>> {
         Ok(self

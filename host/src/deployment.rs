@@ -14,6 +14,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::compile::{CompileCache, Compiled, digest};
 use crate::instance::HostState;
+use crate::messaging::MessageBus;
+use crate::messaging::capability::{MessagingGrant, MessagingHostPre};
 use crate::outbound_http::OutboundPolicy;
 use crate::spec::ComponentSpec;
 
@@ -37,11 +39,12 @@ pub enum DeployError {
     /// It imports something the host does not provide.
     #[error("the component imports what this host does not provide: {0}")]
     UnknownImport(String),
-    /// It does not export `wasi:http/incoming-handler`.
-    #[error(
-        "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes: {0}"
-    )]
+    /// It does not export what its routes or subscriptions need.
+    #[error("{0}")]
     WrongWorld(String),
+    /// Its subscriptions could not be set up.
+    #[error("messaging: {0}")]
+    Messaging(String),
     /// Its routes clash with another component's.
     #[error("{0}")]
     RouteConflict(String),
@@ -60,10 +63,14 @@ pub struct Deployment {
     pub spec: ComponentSpec,
     /// The compiled code.
     pub component: Component,
-    /// Imports resolved once; each request only instantiates.
-    pub proxy: ProxyPre<HostState>,
+    /// Imports resolved once; each request only instantiates. `None`: no HTTP export.
+    pub proxy: Option<ProxyPre<HostState>>,
+    /// The same for messages. `None`: no `wasmcloud:messaging/handler` export.
+    pub messaging: Option<MessagingHostPre<HostState>>,
     /// Outgoing HTTP permissions derived from the spec.
     pub outbound: OutboundPolicy,
+    /// The bus and the subjects it may publish on.
+    pub messaging_grant: MessagingGrant,
     /// Admission control: one permit per running instance.
     pub concurrency: Arc<Semaphore>,
     /// When it went live (seconds since the Unix epoch).
@@ -94,6 +101,9 @@ pub struct DeploymentInfo {
     pub version: String,
     /// Route paths with their methods.
     pub routes: Vec<crate::spec::RouteSpec>,
+    /// Subscribed subjects.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
     /// Seconds since the Unix epoch.
     pub deployed_at: u64,
     /// `fresh` or `cached`, with milliseconds.
@@ -110,6 +120,7 @@ impl Deployment {
         engine: &Engine,
         linker: &Linker<HostState>,
         cache: &CompileCache,
+        bus: &Arc<dyn MessageBus>,
         name: &str,
         spec: ComponentSpec,
         wasm: &[u8],
@@ -124,7 +135,9 @@ impl Deployment {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))?;
-        let proxy = ProxyPre::new(pre).map_err(|e| DeployError::WrongWorld(format!("{e:#}")))?;
+        let proxy = ProxyPre::new(pre.clone()).ok();
+        let messaging = MessagingHostPre::new(pre).ok();
+        check_exports(&spec, proxy.is_some(), messaging.is_some())?;
         let deployed_at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -132,10 +145,12 @@ impl Deployment {
             name: name.to_string(),
             version,
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
+            messaging_grant: grant(bus.clone(), name, &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
             spec,
             component,
             proxy,
+            messaging,
             deployed_at,
             compiled,
             requests: AtomicU64::new(0),
@@ -146,14 +161,17 @@ impl Deployment {
     /// The same code under a new spec, without compiling again.
     pub fn with_spec(&self, spec: ComponentSpec) -> Result<Deployment, DeployError> {
         spec.validate().map_err(DeployError::InvalidSpec)?;
+        check_exports(&spec, self.proxy.is_some(), self.messaging.is_some())?;
         Ok(Deployment {
             name: self.name.clone(),
             version: self.version.clone(),
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
+            messaging_grant: grant(self.messaging_grant.bus.clone(), &self.name, &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
             spec,
             component: self.component.clone(),
             proxy: self.proxy.clone(),
+            messaging: self.messaging.clone(),
             deployed_at: self.deployed_at,
             compiled: self.compiled,
             requests: AtomicU64::new(0),
@@ -167,12 +185,46 @@ impl Deployment {
             name: self.name.clone(),
             version: self.version.clone(),
             routes: self.spec.routes.clone(),
+            subscriptions: self
+                .spec
+                .subscriptions
+                .iter()
+                .map(|s| s.subject.clone())
+                .collect(),
             deployed_at: self.deployed_at,
             compiled: serde_json::to_value(self.compiled).unwrap_or_default(),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
     }
+}
+
+fn grant(bus: Arc<dyn MessageBus>, name: &str, spec: &ComponentSpec) -> MessagingGrant {
+    MessagingGrant {
+        bus,
+        allowed: spec.allowed_publish.clone().into(),
+        component: name.into(),
+    }
+}
+
+/// Checks that the component exports what its routes and subscriptions need.
+fn check_exports(spec: &ComponentSpec, http: bool, messaging: bool) -> Result<(), DeployError> {
+    if !spec.routes.is_empty() && !http {
+        return Err(DeployError::WrongWorld(
+            "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes".into(),
+        ));
+    }
+    if !spec.subscriptions.is_empty() && !messaging {
+        return Err(DeployError::WrongWorld(
+            "the component does not export `wasmcloud:messaging/handler@0.2.0`, so it cannot handle subscriptions".into(),
+        ));
+    }
+    if !http && !messaging {
+        return Err(DeployError::WrongWorld(
+            "the component exports neither `wasi:http/incoming-handler` nor `wasmcloud:messaging/handler`: it is not a service".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Tells a component from a core module or something else, before compiling.

@@ -11,6 +11,7 @@ use wasmtime::component::Linker;
 use crate::compile::CompileCache;
 use crate::deployment::{DeployError, Deployment, DeploymentInfo};
 use crate::instance::HostState;
+use crate::messaging::trigger::{MessagingTrigger, retire};
 use crate::router::RouteTable;
 use crate::spec::ComponentSpec;
 
@@ -37,6 +38,7 @@ pub struct Deployments {
     engine: Engine,
     linker: Linker<HostState>,
     cache: CompileCache,
+    messaging: Arc<MessagingTrigger>,
     live: ArcSwap<Snapshot>,
     /// Serialises writers; readers never wait for it.
     writer: tokio::sync::Mutex<()>,
@@ -51,12 +53,18 @@ impl std::fmt::Debug for Deployments {
 }
 
 impl Deployments {
-    /// An empty set on `engine`, checking imports against `linker`.
-    pub fn new(engine: Engine, linker: Linker<HostState>, cache: CompileCache) -> Deployments {
+    /// An empty set on `engine`, checking imports against `linker`, subscribing through `messaging`.
+    pub fn new(
+        engine: Engine,
+        linker: Linker<HostState>,
+        cache: CompileCache,
+        messaging: Arc<MessagingTrigger>,
+    ) -> Deployments {
         Deployments {
             engine,
             linker,
             cache,
+            messaging,
             live: ArcSwap::from_pointee(Snapshot::default()),
             writer: tokio::sync::Mutex::new(()),
         }
@@ -98,22 +106,28 @@ impl Deployments {
                     self.cache.clone(),
                     name.to_string(),
                 );
+                let bus = self.messaging.bus().clone();
                 // Compiling is CPU-bound and can take seconds: keep it off the I/O threads.
                 tokio::task::spawn_blocking(move || {
-                    Deployment::prepare(&engine, &linker, &cache, &owned_name, spec, &wasm)
+                    Deployment::prepare(&engine, &linker, &cache, &bus, &owned_name, spec, &wasm)
                 })
                 .await
                 .map_err(|e| DeployError::Compile(format!("compile task failed: {e}")))??
             }
         };
 
+        let deployment = Arc::new(deployment);
         let _writer = self.writer.lock().await;
         let live = self.snapshot();
         check_routes(&live, name, &deployment.spec)?;
+        // The new version joins its queue groups before the old one leaves, so a
+        // stream of messages never finds nobody subscribed.
+        let subscriptions = self.messaging.subscribe(&deployment).await?;
         let mut by_name = live.by_name.clone();
-        let deployment = Arc::new(deployment);
         by_name.insert(name.to_string(), deployment.clone());
         self.publish(by_name);
+        let old = self.messaging.replace(name, subscriptions);
+        tokio::spawn(retire(old));
         tracing::info!(component = name, version = %deployment.version, compiled = ?deployment.compiled, "deployed");
         Ok(Deployed {
             info: deployment.info(),
@@ -129,6 +143,7 @@ impl Deployments {
             .remove(name)
             .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
         self.publish(by_name);
+        retire(self.messaging.replace(name, Vec::new())).await;
         tracing::info!(component = name, version = %removed.version, "undeployed");
         Ok(removed.info())
     }
@@ -136,6 +151,11 @@ impl Deployments {
     /// Everything live, by name.
     pub fn list(&self) -> Vec<DeploymentInfo> {
         self.snapshot().by_name.values().map(|d| d.info()).collect()
+    }
+
+    /// The messaging trigger (and through it, the bus).
+    pub fn messaging(&self) -> &Arc<MessagingTrigger> {
+        &self.messaging
     }
 
     fn publish(&self, by_name: BTreeMap<String, Arc<Deployment>>) {

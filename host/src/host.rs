@@ -14,6 +14,10 @@ use tokio::task::JoinHandle;
 use crate::compile::CompileCache;
 use crate::deployments::Deployments;
 use crate::engine::{build_engine, build_linker, start_epoch_ticker};
+use crate::messaging::MessageBus;
+use crate::messaging::embedded::EmbeddedBus;
+use crate::messaging::nats::{NatsBus, NatsConfig};
+use crate::messaging::trigger::MessagingTrigger;
 
 /// How to start a host.
 #[derive(Debug, Clone)]
@@ -30,6 +34,8 @@ pub struct HostConfig {
     pub max_instances: u32,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// The NATS server to use; `None`: the embedded, in-process bus.
+    pub nats: Option<NatsConfig>,
 }
 
 impl Default for HostConfig {
@@ -41,6 +47,7 @@ impl Default for HostConfig {
             cache_dir: CompileCache::default_dir(),
             max_instances: 1000,
             shutdown_grace: Duration::from_secs(10),
+            nats: None,
         }
     }
 }
@@ -69,11 +76,14 @@ impl Host {
             build_engine(config.max_instances).context("configuring the wasmtime engine")?;
         start_epoch_ticker(&engine);
         let linker = build_linker(&engine).context("linking the host's WASI imports")?;
-        let deployments = Arc::new(Deployments::new(
-            engine,
-            linker,
-            CompileCache::new(config.cache_dir),
-        ));
+        let bus: Arc<dyn MessageBus> = match &config.nats {
+            Some(nats) => Arc::new(NatsBus::connect(nats).await?),
+            None => Arc::new(EmbeddedBus::new()),
+        };
+        tracing::info!("messaging: {}", bus.describe());
+        let messaging = Arc::new(MessagingTrigger::new(bus));
+        let cache = CompileCache::new(config.cache_dir);
+        let deployments = Arc::new(Deployments::new(engine, linker, cache, messaging));
 
         let http = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
@@ -132,7 +142,10 @@ impl Host {
     /// period, then returns.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let all = futures::future::join_all(self.servers);
+        let all = async {
+            futures::future::join_all(self.servers).await;
+            self.deployments.messaging().shutdown().await;
+        };
         if tokio::time::timeout(self.grace, all).await.is_err() {
             tracing::warn!(
                 "requests still in flight after {:?}; stopping anyway",

@@ -146,7 +146,7 @@ async fn run(deployment: &Arc<Deployment>, request: Request) -> Result<Response,
         remaining: limit,
         exceeded: exceeded.clone(),
     });
-    let mut store = new_store(deployment, deadline);
+    let mut store = new_store(deployment, deadline, None);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (wasi_request, out) = {
         let mut http = store.data_mut().http();
@@ -165,7 +165,10 @@ async fn run(deployment: &Arc<Deployment>, request: Request) -> Result<Response,
     let task = tokio::spawn(async move {
         let _permit = permit;
         let call = async {
-            let proxy = task_deployment.proxy.instantiate_async(&mut store).await?;
+            let proxy = match &task_deployment.proxy {
+                Some(proxy) => proxy.instantiate_async(&mut store).await?,
+                None => anyhow::bail!("the component has no HTTP handler"),
+            };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, wasi_request, out)
@@ -247,7 +250,7 @@ fn is_deadline(error: &anyhow::Error) -> bool {
 }
 
 /// The one log line for a failed instance: component, version and cause.
-fn log_failure(deployment: &Deployment, error: &anyhow::Error) {
+pub(crate) fn log_failure(deployment: &Deployment, error: &anyhow::Error) {
     deployment.errors.fetch_add(1, Ordering::Relaxed);
     let (name, version) = (&deployment.name, &deployment.version);
     if is_deadline(error) {

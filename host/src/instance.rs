@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::deployment::Deployment;
 use crate::guest_log::GuestLog;
+use crate::messaging::capability::MessagingCtx;
 use crate::outbound_http::OutboundPolicy;
 
 /// The data of one instance's `Store`.
@@ -20,6 +21,14 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     outbound: OutboundPolicy,
+    messaging: MessagingCtx,
+}
+
+impl HostState {
+    /// The messaging capability's state (see `messaging::capability`).
+    pub fn messaging(&mut self) -> &mut MessagingCtx {
+        &mut self.messaging
+    }
 }
 
 impl WasiView for HostState {
@@ -42,8 +51,13 @@ impl WasiHttpView for HostState {
 }
 
 /// A fresh store for one call into `deployment`, with its memory cap and a deadline
-/// after which the guest traps with [`Trap::Interrupt`].
-pub fn new_store(deployment: &Deployment, deadline: Instant) -> Store<HostState> {
+/// after which the guest traps with [`Trap::Interrupt`]. `reply_to` is the reply
+/// subject of the message being handled, which the guest may always publish to.
+pub fn new_store(
+    deployment: &Deployment,
+    deadline: Instant,
+    reply_to: Option<String>,
+) -> Store<HostState> {
     let spec = &deployment.spec;
     let name: Arc<str> = deployment.name.as_str().into();
     let mut wasi = WasiCtx::builder();
@@ -58,6 +72,7 @@ pub fn new_store(deployment: &Deployment, deadline: Instant) -> Store<HostState>
             .memory_size((spec.limits.memory_mb as usize) << 20)
             .build(),
         outbound: deployment.outbound.clone(),
+        messaging: MessagingCtx::new(deployment.messaging_grant.clone(), reply_to),
     };
     let mut store = Store::new(deployment.component.engine(), state);
     store.limiter(|state| &mut state.limits);

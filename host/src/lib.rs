@@ -19,6 +19,7 @@ pub mod host;
 pub mod http_trigger;
 pub mod instance;
 pub mod manifest;
+pub mod messaging;
 pub mod outbound_http;
 pub mod router;
 pub mod spec;

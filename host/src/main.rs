@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use weft::HostConfig;
 use weft::admin_client::AdminClient;
 use weft::manifest::Manifest;
+use weft::messaging::nats::NatsConfig;
 use weft::spec::{ComponentSpec, RouteSpec};
 
 /// weft: serverless WebAssembly microservices on HTTP.
@@ -40,6 +41,16 @@ enum Command {
         /// Do not run build commands; use the `.wasm` files as they are.
         #[arg(long)]
         no_build: bool,
+        /// NATS server(s) for messaging, e.g. nats://127.0.0.1:4222 (default: the manifest's
+        /// `nats_url`, else the embedded in-process bus).
+        #[arg(long, env = "WEFT_NATS")]
+        nats: Option<String>,
+        /// NATS credentials file (.creds).
+        #[arg(long, env = "WEFT_NATS_CREDS")]
+        nats_creds: Option<PathBuf>,
+        /// NATS token.
+        #[arg(long, env = "WEFT_NATS_TOKEN", hide_env_values = true)]
+        nats_token: Option<String>,
     },
     /// Deploy a component to a running host (the running version serves until it is live).
     Deploy {
@@ -138,11 +149,20 @@ async fn run(cli: Cli) -> Result<()> {
             admin_token,
             cache_dir,
             no_build,
+            nats,
+            nats_creds,
+            nats_token,
         } => {
+            let nats = nats.map(|url| NatsConfig {
+                url,
+                creds: nats_creds,
+                token: nats_token,
+            });
             let mut config = HostConfig {
                 listen,
                 admin_listen: admin,
                 admin_token,
+                nats,
                 ..HostConfig::default()
             };
             if cache_dir.is_some() {
@@ -207,7 +227,13 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::List { admin } => {
-            let list = admin.client().list().await?;
+            let client = admin.client();
+            let status = client.status().await?;
+            println!(
+                "messaging: {}",
+                status["messaging"].as_str().unwrap_or("unknown")
+            );
+            let list = client.list().await?;
             if list.is_empty() {
                 println!("no components deployed");
             }

@@ -14,6 +14,8 @@ use crate::spec::{ComponentSpec, validate_name};
 pub struct Manifest {
     /// The application's name.
     pub name: String,
+    /// The NATS server to use when `--nats` is not given; `None`: the embedded bus.
+    pub nats_url: Option<String>,
     /// Components in the order they appear by name.
     pub components: Vec<ComponentEntry>,
 }
@@ -75,6 +77,8 @@ pub enum ManifestError {
 struct RawManifest {
     name: String,
     #[serde(default)]
+    nats_url: Option<String>,
+    #[serde(default)]
     components: BTreeMap<String, RawComponent>,
 }
 
@@ -94,6 +98,10 @@ struct RawComponent {
     config: BTreeMap<String, String>,
     #[serde(default)]
     allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    subscriptions: Vec<crate::spec::SubscriptionSpec>,
+    #[serde(default)]
+    allowed_publish: Vec<String>,
 }
 
 impl Manifest {
@@ -138,6 +146,8 @@ impl Manifest {
                 limits: entry.limits,
                 config: entry.config,
                 allowed_outbound_hosts: entry.allowed_outbound_hosts,
+                subscriptions: entry.subscriptions,
+                allowed_publish: entry.allowed_publish,
             };
             validate_name(&name).map_err(|m| invalid(span.clone(), m))?;
             spec.validate()
@@ -155,6 +165,7 @@ impl Manifest {
         }
         let manifest = Manifest {
             name: raw.name,
+            nats_url: raw.nats_url,
             components,
         };
         let specs: Vec<(&str, &ComponentSpec)> = manifest

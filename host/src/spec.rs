@@ -21,6 +21,33 @@ pub struct ComponentSpec {
     /// Hosts (`name` or `name:port`, `*` for any) the guest may call with outgoing HTTP.
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Subjects whose messages the component handles.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// Subject patterns (NATS wildcards) the guest may publish and request on.
+    #[serde(default)]
+    pub allowed_publish: Vec<String>,
+}
+
+/// One subscription: a subject and how its messages are shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Subject, with NATS wildcards (`*` one token, `>` the rest).
+    pub subject: String,
+    /// Queue group; default: the component's name, so its instances on all hosts share the load.
+    #[serde(default)]
+    pub queue_group: Option<String>,
+    /// Every instance on every host gets every message (no queue group).
+    #[serde(default)]
+    pub broadcast: bool,
+    /// Messages handled at once; when reached, the host stops pulling.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    64
 }
 
 /// One HTTP route: a path pattern and, optionally, the methods it accepts.
@@ -90,6 +117,33 @@ impl ComponentSpec {
                             route.path
                         )
                     })?;
+            }
+        }
+        for sub in &self.subscriptions {
+            if !crate::messaging::valid_pattern(&sub.subject) {
+                return Err(format!(
+                    "subscription `{}`: not a valid NATS subject",
+                    sub.subject
+                ));
+            }
+            if sub.max_in_flight == 0 {
+                return Err(format!(
+                    "subscription `{}`: max_in_flight must be at least 1",
+                    sub.subject
+                ));
+            }
+            if sub.broadcast && sub.queue_group.is_some() {
+                return Err(format!(
+                    "subscription `{}`: `broadcast` and `queue_group` exclude each other",
+                    sub.subject
+                ));
+            }
+        }
+        for subject in &self.allowed_publish {
+            if !crate::messaging::valid_pattern(subject) {
+                return Err(format!(
+                    "allowed_publish: `{subject}` is not a valid NATS subject"
+                ));
             }
         }
         for host in &self.allowed_outbound_hosts {

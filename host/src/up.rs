@@ -8,10 +8,17 @@ use anyhow::{Context, Result};
 use crate::deployment::DeploymentInfo;
 use crate::host::{Host, HostConfig};
 use crate::manifest::Manifest;
+use crate::messaging::nats::NatsConfig;
 
 /// Starts a host serving every component of the manifest at `path`.
-pub async fn start(path: &Path, config: HostConfig, build: bool) -> Result<Host> {
+pub async fn start(path: &Path, mut config: HostConfig, build: bool) -> Result<Host> {
     let manifest = Manifest::load(path)?;
+    if config.nats.is_none() {
+        config.nats = manifest.nats_url.clone().map(|url| NatsConfig {
+            url,
+            ..NatsConfig::default()
+        });
+    }
     if build {
         for entry in &manifest.components {
             crate::builder::build_if_stale(entry)?;

@@ -11,7 +11,7 @@ use weft::spec::{ComponentSpec, RouteSpec};
 use weft::{Host, HostConfig};
 
 /// The guest crates the tests use, all built by one cargo call.
-const COMPONENTS: &[&str] = &["hello", "faults", "bad-import", "cli-app"];
+const COMPONENTS: &[&str] = &["hello", "faults", "bad-import", "cli-app", "responder"];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -109,4 +109,106 @@ pub fn url(host: &Host, path: &str) -> String {
 
 pub fn admin_url(host: &Host, path: &str) -> String {
     format!("http://{}{path}", host.admin_addr())
+}
+
+/// A `nats-server` of our own on a free loopback port, with JetStream in a temp dir.
+/// Stopped (killed) on drop.
+pub struct NatsServer {
+    child: std::process::Child,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+const NATS_SERVER: &str = "nats-server";
+
+impl NatsServer {
+    /// Starts a server, or returns `None` (loudly) on a developer machine without
+    /// `nats-server`. In CI (`CI` set) a missing server fails the test.
+    pub fn start() -> Option<NatsServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = tempfile::tempdir().unwrap();
+        NatsServer::start_on(port, store)
+    }
+
+    fn start_on(port: u16, store: tempfile::TempDir) -> Option<NatsServer> {
+        let child = Command::new(NATS_SERVER)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!(
+                    "\n*** SKIPPED: `{NATS_SERVER}` could not be started ({e}); install it (apt-get install nats-server) to run the NATS tests ***\n"
+                );
+                return None;
+            }
+            Err(e) => panic!("`{NATS_SERVER}` is required in CI: {e}"),
+        };
+        let server = NatsServer { child, port, store };
+        server.wait_ready();
+        Some(server)
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "nats-server did not listen on port {} within 5 s",
+            self.port
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server, as a crash would.
+    pub fn stop(mut self) -> (u16, tempfile::TempDir) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        let store = std::mem::replace(&mut self.store, tempfile::tempdir().unwrap());
+        (port, store)
+    }
+
+    /// Starts a server again on the port and store of a stopped one.
+    pub fn restart((port, store): (u16, tempfile::TempDir)) -> NatsServer {
+        NatsServer::start_on(port, store).expect("nats-server was there a moment ago")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A host like [`start_host`], on the given NATS server.
+pub async fn start_host_on_nats(cache: &Path, nats: &NatsServer) -> Host {
+    init_logs();
+    let config = HostConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        admin_listen: "127.0.0.1:0".parse().expect("address"),
+        cache_dir: Some(cache.to_path_buf()),
+        max_instances: 100,
+        shutdown_grace: Duration::from_secs(5),
+        nats: Some(weft::messaging::nats::NatsConfig {
+            url: nats.url(),
+            ..Default::default()
+        }),
+        ..HostConfig::default()
+    };
+    Host::start(config).await.expect("starting a host on NATS")
 }

@@ -1,0 +1,138 @@
+//! A messaging test component in the `weft:platform/service` world.
+//!
+//! Messages: the last subject token picks the behaviour.
+//! - `echo`: replies `<INSTANCE>:<body>` (INSTANCE from config, default `-`);
+//! - `fail`: returns a handler error; `trap`: panics;
+//! - `publish`: publishes the body to the subject named by the body's first line,
+//!   with the rest as payload, and replies `ok` or the error;
+//! - `call`: requests the subject named by the body and replies with the answer or error;
+//! - `record`: publishes `<INSTANCE>:<body>` to `seen.<subject>`.
+//!
+//! HTTP (the bridge): `POST /publish/<subject>` publishes the request body (202, or 403
+//! with the error); `POST /request/<subject>` requests with the body and answers with the
+//! reply (200) or the error (502).
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "weft:platform/service",
+    generate_all,
+});
+
+use exports::wasi::http::incoming_handler::Guest as HttpGuest;
+use exports::wasmcloud::messaging::handler::Guest as MessageGuest;
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasmcloud::messaging::consumer;
+use wasmcloud::messaging::types::BrokerMessage;
+
+struct Responder;
+
+fn instance() -> String {
+    std::env::var("INSTANCE").unwrap_or_else(|_| "-".to_string())
+}
+
+fn reply(to: &Option<String>, body: Vec<u8>) -> Result<(), String> {
+    match to {
+        Some(subject) => consumer::publish(&BrokerMessage {
+            subject: subject.clone(),
+            body,
+            reply_to: None,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl MessageGuest for Responder {
+    fn handle_message(msg: BrokerMessage) -> Result<(), String> {
+        let action = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let text = String::from_utf8_lossy(&msg.body).to_string();
+        match action.as_str() {
+            "echo" => reply(&msg.reply_to, format!("{}:{text}", instance()).into_bytes()),
+            "fail" => Err("deliberate handler failure".to_string()),
+            "trap" => panic!("deliberate trap in a message handler"),
+            "publish" => {
+                let (subject, payload) = text.split_once('\n').unwrap_or((&text, ""));
+                let outcome = consumer::publish(&BrokerMessage {
+                    subject: subject.to_string(),
+                    body: payload.as_bytes().to_vec(),
+                    reply_to: None,
+                });
+                reply(
+                    &msg.reply_to,
+                    outcome.err().unwrap_or_else(|| "ok".into()).into_bytes(),
+                )
+            }
+            "call" => {
+                let answer = match consumer::request(&text, b"from responder", 1000) {
+                    Ok(m) => m.body,
+                    Err(e) => e.into_bytes(),
+                };
+                reply(&msg.reply_to, answer)
+            }
+            "record" => consumer::publish(&BrokerMessage {
+                subject: format!("seen.{}", msg.subject),
+                body: format!("{}:{text}", instance()).into_bytes(),
+                reply_to: None,
+            }),
+            other => Err(format!("unknown action `{other}`")),
+        }
+    }
+}
+
+impl HttpGuest for Responder {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        let body = read_body(&request);
+        let (status, answer) = if let Some(subject) = path.strip_prefix("/publish/") {
+            match consumer::publish(&BrokerMessage {
+                subject: subject.to_string(),
+                body,
+                reply_to: None,
+            }) {
+                Ok(()) => (202, b"published".to_vec()),
+                Err(e) => (403, e.into_bytes()),
+            }
+        } else if let Some(subject) = path.strip_prefix("/request/") {
+            match consumer::request(subject, &body, 1000) {
+                Ok(m) => (200, m.body),
+                Err(e) => (502, e.into_bytes()),
+            }
+        } else {
+            (404, b"unknown path".to_vec())
+        };
+        let response = OutgoingResponse::new(Fields::new());
+        let _ = response.set_status_code(status);
+        let Ok(outgoing) = response.body() else {
+            return;
+        };
+        ResponseOutparam::set(out, Ok(response));
+        if let Ok(stream) = outgoing.write() {
+            for chunk in answer.chunks(4096) {
+                let _ = stream.blocking_write_and_flush(chunk);
+            }
+        }
+        let _ = OutgoingBody::finish(outgoing, None);
+    }
+}
+
+fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let Ok(body) = request.consume() else {
+        return bytes;
+    };
+    let Ok(stream) = body.stream() else {
+        return bytes;
+    };
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        bytes.extend_from_slice(&chunk);
+    }
+    bytes
+}
+
+export!(Responder);

@@ -1,0 +1,218 @@
+//! The NATS bus (async-nats): for many hosts on one NATS cluster. Reconnects with
+//! backoff on its own, and restores subscriptions after a reconnect.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    BusError, Message, MessageBus, StopDelivery, Subscription, valid_pattern, valid_subject,
+};
+
+/// How to reach a NATS server.
+#[derive(Debug, Clone, Default)]
+pub struct NatsConfig {
+    /// `nats://host:port`, or several separated by commas.
+    pub url: String,
+    /// A `.creds` file (JWT and nkey seed).
+    pub creds: Option<PathBuf>,
+    /// A token, for servers configured with one.
+    pub token: Option<String>,
+}
+
+/// A bus over a NATS connection.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    url: String,
+}
+
+impl NatsBus {
+    /// Connects to the server (waiting up to 5 s for the first connection).
+    pub async fn connect(config: &NatsConfig) -> Result<NatsBus> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("weft")
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("nats: connected"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("nats: disconnected, reconnecting with backoff")
+                    }
+                    other => tracing::info!("nats: {other}"),
+                }
+            });
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        if let Some(creds) = &config.creds {
+            options = options
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+        }
+        let client = options.connect(config.url.as_str()).await.with_context(|| {
+            format!("cannot connect to NATS at {}: is nats-server running there? (omit --nats to use the embedded bus)", config.url)
+        })?;
+        Ok(NatsBus {
+            client,
+            url: config.url.clone(),
+        })
+    }
+}
+
+fn to_message(m: async_nats::Message) -> Message {
+    let headers = m
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |v| (name.to_string(), v.to_string()))
+        })
+        .collect();
+    Message {
+        subject: m.subject.to_string(),
+        reply_to: m.reply.map(|r| r.to_string()),
+        headers,
+        body: m.payload,
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl MessageBus for NatsBus {
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
+        async move {
+            if !valid_subject(&message.subject) {
+                return Err(BusError::InvalidSubject(message.subject));
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            for (name, value) in &message.headers {
+                headers.insert(name.as_str(), value.as_str());
+            }
+            let result = match message.reply_to {
+                Some(reply) => {
+                    self.client
+                        .publish_with_reply_and_headers(
+                            message.subject,
+                            reply,
+                            headers,
+                            message.body,
+                        )
+                        .await
+                }
+                None => {
+                    self.client
+                        .publish_with_headers(message.subject, headers, message.body)
+                        .await
+                }
+            };
+            result.map_err(unavailable)
+        }
+        .boxed()
+    }
+
+    fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Message, BusError>> {
+        async move {
+            if !valid_subject(&subject) {
+                return Err(BusError::InvalidSubject(subject));
+            }
+            let request = async_nats::Request::new()
+                .payload(body)
+                .timeout(Some(timeout));
+            match self.client.send_request(subject.clone(), request).await {
+                Ok(reply) => Ok(to_message(reply)),
+                Err(e) => Err(match e.kind() {
+                    async_nats::RequestErrorKind::TimedOut => BusError::Timeout(subject),
+                    async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(subject),
+                    async_nats::RequestErrorKind::InvalidSubject => {
+                        BusError::InvalidSubject(subject)
+                    }
+                    _ => unavailable(e),
+                }),
+            }
+        }
+        .boxed()
+    }
+
+    fn subscribe(
+        &self,
+        subject: String,
+        queue_group: Option<String>,
+        buffer: usize,
+    ) -> BoxFuture<'_, Result<Subscription, BusError>> {
+        async move {
+            if !valid_pattern(&subject) {
+                return Err(BusError::InvalidSubject(subject));
+            }
+            let mut subscriber = match queue_group {
+                Some(group) => self.client.queue_subscribe(subject, group).await,
+                None => self.client.subscribe(subject).await,
+            }
+            .map_err(unavailable)?;
+            // Make sure the server has the subscription before we report it live.
+            self.client.flush().await.map_err(unavailable)?;
+            let (sender, messages) = mpsc::channel(buffer.max(1));
+            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => {
+                            // Unsubscribe, then hand over what the server already sent.
+                            let _ = subscriber.drain().await;
+                            while let Some(m) = subscriber.next().await {
+                                if sender.send(to_message(m)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            return;
+                        }
+                        next = subscriber.next() => match next {
+                            Some(m) => {
+                                if sender.send(to_message(m)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            None => return,
+                        },
+                    }
+                }
+            });
+            Ok(Subscription {
+                messages,
+                stop: Box::new(Drain(std::sync::Mutex::new(Some(stop_tx)))),
+            })
+        }
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("nats {} ({:?})", self.url, self.client.connection_state()).to_lowercase()
+    }
+}
+
+#[derive(Debug)]
+struct Drain(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+
+impl StopDelivery for Drain {
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        if let Some(stop) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        async {}.boxed()
+    }
+}
