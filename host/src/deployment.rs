@@ -14,6 +14,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::compile::{CompileCache, Compiled, digest};
 use crate::instance::HostState;
+use crate::keyvalue::KvStore;
+use crate::keyvalue::capability::KvGrant;
 use crate::messaging::MessageBus;
 use crate::messaging::capability::{MessagingGrant, MessagingHostPre};
 use crate::outbound_http::OutboundPolicy;
@@ -71,6 +73,8 @@ pub struct Deployment {
     pub outbound: OutboundPolicy,
     /// The bus and the subjects it may publish on.
     pub messaging_grant: MessagingGrant,
+    /// The key-value store and the buckets it may open.
+    pub kv_grant: KvGrant,
     /// Admission control: one permit per running instance.
     pub concurrency: Arc<Semaphore>,
     /// When it went live (seconds since the Unix epoch).
@@ -120,7 +124,7 @@ impl Deployment {
         engine: &Engine,
         linker: &Linker<HostState>,
         cache: &CompileCache,
-        bus: &Arc<dyn MessageBus>,
+        backends: &Backends,
         name: &str,
         spec: ComponentSpec,
         wasm: &[u8],
@@ -145,7 +149,8 @@ impl Deployment {
             name: name.to_string(),
             version,
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
-            messaging_grant: grant(bus.clone(), name, &spec),
+            messaging_grant: grant(backends.bus.clone(), name, &spec),
+            kv_grant: kv_grant(backends.kv.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
             spec,
             component,
@@ -167,6 +172,7 @@ impl Deployment {
             version: self.version.clone(),
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
             messaging_grant: grant(self.messaging_grant.bus.clone(), &self.name, &spec),
+            kv_grant: kv_grant(self.kv_grant.store.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
             spec,
             component: self.component.clone(),
@@ -196,6 +202,22 @@ impl Deployment {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// The host's shared backends that deployments are granted access to.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The message bus (embedded or NATS).
+    pub bus: Arc<dyn MessageBus>,
+    /// The key-value store (embedded or NATS).
+    pub kv: Arc<dyn KvStore>,
+}
+
+fn kv_grant(store: Arc<dyn KvStore>, spec: &ComponentSpec) -> KvGrant {
+    KvGrant {
+        store,
+        buckets: spec.buckets.clone().into(),
     }
 }
 

@@ -9,7 +9,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use crate::compile::CompileCache;
-use crate::deployment::{DeployError, Deployment, DeploymentInfo};
+use crate::deployment::{Backends, DeployError, Deployment, DeploymentInfo};
 use crate::instance::HostState;
 use crate::messaging::trigger::{MessagingTrigger, retire};
 use crate::router::RouteTable;
@@ -39,6 +39,7 @@ pub struct Deployments {
     linker: Linker<HostState>,
     cache: CompileCache,
     messaging: Arc<MessagingTrigger>,
+    backends: Backends,
     live: ArcSwap<Snapshot>,
     /// Serialises writers; readers never wait for it.
     writer: tokio::sync::Mutex<()>,
@@ -59,11 +60,16 @@ impl Deployments {
         linker: Linker<HostState>,
         cache: CompileCache,
         messaging: Arc<MessagingTrigger>,
+        kv: Arc<dyn crate::keyvalue::KvStore>,
     ) -> Deployments {
         Deployments {
             engine,
             linker,
             cache,
+            backends: Backends {
+                bus: messaging.bus().clone(),
+                kv,
+            },
             messaging,
             live: ArcSwap::from_pointee(Snapshot::default()),
             writer: tokio::sync::Mutex::new(()),
@@ -106,10 +112,18 @@ impl Deployments {
                     self.cache.clone(),
                     name.to_string(),
                 );
-                let bus = self.messaging.bus().clone();
+                let backends = self.backends.clone();
                 // Compiling is CPU-bound and can take seconds: keep it off the I/O threads.
                 tokio::task::spawn_blocking(move || {
-                    Deployment::prepare(&engine, &linker, &cache, &bus, &owned_name, spec, &wasm)
+                    Deployment::prepare(
+                        &engine,
+                        &linker,
+                        &cache,
+                        &backends,
+                        &owned_name,
+                        spec,
+                        &wasm,
+                    )
                 })
                 .await
                 .map_err(|e| DeployError::Compile(format!("compile task failed: {e}")))??
@@ -151,6 +165,11 @@ impl Deployments {
     /// Everything live, by name.
     pub fn list(&self) -> Vec<DeploymentInfo> {
         self.snapshot().by_name.values().map(|d| d.info()).collect()
+    }
+
+    /// The backends deployments are granted (bus and key-value store).
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     /// The messaging trigger (and through it, the bus).

@@ -45,12 +45,13 @@ pub fn build_engine(max_instances: u32) -> Result<Engine> {
 }
 
 /// Builds the linker with every import a weft host provides: all of WASI 0.2 (nothing
-/// granted unless the manifest says), `wasi:http` and `wasmcloud:messaging`.
+/// granted unless the manifest says), `wasi:http`, `wasmcloud:messaging` and `wasi:keyvalue`.
 pub fn build_linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::messaging::capability::add_to_linker(&mut linker)?;
+    crate::keyvalue::capability::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

@@ -14,6 +14,9 @@ use tokio::task::JoinHandle;
 use crate::compile::CompileCache;
 use crate::deployments::Deployments;
 use crate::engine::{build_engine, build_linker, start_epoch_ticker};
+use crate::keyvalue::KvStore;
+use crate::keyvalue::embedded::EmbeddedKv;
+use crate::keyvalue::nats::NatsKv;
 use crate::messaging::MessageBus;
 use crate::messaging::embedded::EmbeddedBus;
 use crate::messaging::nats::{NatsBus, NatsConfig};
@@ -36,6 +39,8 @@ pub struct HostConfig {
     pub shutdown_grace: Duration,
     /// The NATS server to use; `None`: the embedded, in-process bus.
     pub nats: Option<NatsConfig>,
+    /// Where the embedded key-value store keeps its file (unused with NATS).
+    pub data_dir: PathBuf,
 }
 
 impl Default for HostConfig {
@@ -48,6 +53,7 @@ impl Default for HostConfig {
             max_instances: 1000,
             shutdown_grace: Duration::from_secs(10),
             nats: None,
+            data_dir: default_data_dir(),
         }
     }
 }
@@ -76,14 +82,23 @@ impl Host {
             build_engine(config.max_instances).context("configuring the wasmtime engine")?;
         start_epoch_ticker(&engine);
         let linker = build_linker(&engine).context("linking the host's WASI imports")?;
-        let bus: Arc<dyn MessageBus> = match &config.nats {
-            Some(nats) => Arc::new(NatsBus::connect(nats).await?),
-            None => Arc::new(EmbeddedBus::new()),
+        let (bus, kv): (Arc<dyn MessageBus>, Arc<dyn KvStore>) = match &config.nats {
+            Some(nats) => {
+                let bus = NatsBus::connect(nats).await?;
+                let kv = NatsKv::new(bus.client().clone());
+                (Arc::new(bus), Arc::new(kv))
+            }
+            None => {
+                let path = config.data_dir.join("kv.redb");
+                let kv = EmbeddedKv::open(&path)?;
+                tracing::info!("key-value: embedded store {}", path.display());
+                (Arc::new(EmbeddedBus::new()), Arc::new(kv))
+            }
         };
         tracing::info!("messaging: {}", bus.describe());
         let messaging = Arc::new(MessagingTrigger::new(bus));
         let cache = CompileCache::new(config.cache_dir);
-        let deployments = Arc::new(Deployments::new(engine, linker, cache, messaging));
+        let deployments = Arc::new(Deployments::new(engine, linker, cache, messaging, kv));
 
         let http = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
@@ -171,4 +186,12 @@ fn serve(
             tracing::error!("server stopped: {e}");
         }
     })
+}
+
+/// `$XDG_DATA_HOME/weft` or `~/.local/share/weft` (`.weft` if neither is known).
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map_or_else(|| PathBuf::from(".weft"), |d| d.join("weft"))
 }

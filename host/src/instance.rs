@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::deployment::Deployment;
 use crate::guest_log::GuestLog;
+use crate::keyvalue::capability::{KeyValue, KvGrant};
 use crate::messaging::capability::MessagingCtx;
 use crate::outbound_http::OutboundPolicy;
 
@@ -22,9 +23,15 @@ pub struct HostState {
     limits: StoreLimits,
     outbound: OutboundPolicy,
     messaging: MessagingCtx,
+    kv: KvGrant,
 }
 
 impl HostState {
+    /// The key-value capability's view (see `keyvalue::capability`).
+    pub fn keyvalue(&mut self) -> KeyValue<'_> {
+        KeyValue::new(&self.kv, &mut self.table)
+    }
+
     /// The messaging capability's state (see `messaging::capability`).
     pub fn messaging(&mut self) -> &mut MessagingCtx {
         &mut self.messaging
@@ -73,6 +80,7 @@ pub fn new_store(
             .build(),
         outbound: deployment.outbound.clone(),
         messaging: MessagingCtx::new(deployment.messaging_grant.clone(), reply_to),
+        kv: deployment.kv_grant.clone(),
     };
     let mut store = Store::new(deployment.component.engine(), state);
     store.limiter(|state| &mut state.limits);

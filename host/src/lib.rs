@@ -18,6 +18,7 @@ pub mod guest_log;
 pub mod host;
 pub mod http_trigger;
 pub mod instance;
+pub mod keyvalue;
 pub mod manifest;
 pub mod messaging;
 pub mod outbound_http;

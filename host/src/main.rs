@@ -51,6 +51,9 @@ enum Command {
         /// NATS token.
         #[arg(long, env = "WEFT_NATS_TOKEN", hide_env_values = true)]
         nats_token: Option<String>,
+        /// Directory of the embedded key-value store (default: ~/.local/share/weft).
+        #[arg(long, env = "WEFT_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Deploy a component to a running host (the running version serves until it is live).
     Deploy {
@@ -152,6 +155,7 @@ async fn run(cli: Cli) -> Result<()> {
             nats,
             nats_creds,
             nats_token,
+            data_dir,
         } => {
             let nats = nats.map(|url| NatsConfig {
                 url,
@@ -167,6 +171,9 @@ async fn run(cli: Cli) -> Result<()> {
             };
             if cache_dir.is_some() {
                 config.cache_dir = cache_dir;
+            }
+            if let Some(data_dir) = data_dir {
+                config.data_dir = data_dir;
             }
             let host = weft::up::start(&manifest, config, !no_build).await?;
             weft::up::wait_for_signal().await;

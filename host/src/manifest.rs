@@ -102,6 +102,8 @@ struct RawComponent {
     subscriptions: Vec<crate::spec::SubscriptionSpec>,
     #[serde(default)]
     allowed_publish: Vec<String>,
+    #[serde(default)]
+    buckets: Vec<String>,
 }
 
 impl Manifest {
@@ -148,6 +150,7 @@ impl Manifest {
                 allowed_outbound_hosts: entry.allowed_outbound_hosts,
                 subscriptions: entry.subscriptions,
                 allowed_publish: entry.allowed_publish,
+                buckets: entry.buckets,
             };
             validate_name(&name).map_err(|m| invalid(span.clone(), m))?;
             spec.validate()

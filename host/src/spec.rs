@@ -27,6 +27,9 @@ pub struct ComponentSpec {
     /// Subject patterns (NATS wildcards) the guest may publish and request on.
     #[serde(default)]
     pub allowed_publish: Vec<String>,
+    /// Key-value buckets the guest may open.
+    #[serde(default)]
+    pub buckets: Vec<String>,
 }
 
 /// One subscription: a subject and how its messages are shared.
@@ -143,6 +146,13 @@ impl ComponentSpec {
             if !crate::messaging::valid_pattern(subject) {
                 return Err(format!(
                     "allowed_publish: `{subject}` is not a valid NATS subject"
+                ));
+            }
+        }
+        for bucket in &self.buckets {
+            if !crate::keyvalue::valid_bucket(bucket) {
+                return Err(format!(
+                    "buckets: `{bucket}` is not a valid bucket name (use a-z, A-Z, 0-9, `-` and `_`)"
                 ));
             }
         }

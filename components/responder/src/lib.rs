@@ -11,6 +11,9 @@
 //! HTTP (the bridge): `POST /publish/<subject>` publishes the request body (202, or 403
 //! with the error); `POST /request/<subject>` requests with the body and answers with the
 //! reply (200) or the error (502).
+//!
+//! Key-value: `GET|PUT|DELETE /kv/<bucket>/<key>`, `POST /kv/<bucket>/<key>/incr` (by 1),
+//! `GET /kv/<bucket>` (the keys, one a line). A refused `open` answers 403.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -103,6 +106,8 @@ impl HttpGuest for Responder {
                 Ok(m) => (200, m.body),
                 Err(e) => (502, e.into_bytes()),
             }
+        } else if let Some(rest) = path.strip_prefix("/kv/") {
+            kv(&request.method(), rest, body)
         } else {
             (404, b"unknown path".to_vec())
         };
@@ -119,6 +124,47 @@ impl HttpGuest for Responder {
         }
         let _ = OutgoingBody::finish(outgoing, None);
     }
+}
+
+fn kv(method: &wasi::http::types::Method, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    use wasi::http::types::Method;
+    use wasi::keyvalue::{atomics, store};
+    let mut parts = path.splitn(3, '/');
+    let (bucket_name, key, action) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
+    let bucket = match store::open(bucket_name) {
+        Ok(bucket) => bucket,
+        Err(store::Error::AccessDenied) => {
+            return (
+                403,
+                format!("access denied to bucket `{bucket_name}`").into_bytes(),
+            );
+        }
+        Err(e) => return (500, format!("{e:?}").into_bytes()),
+    };
+    let outcome = match (method, key, action) {
+        (Method::Get, None, _) => bucket.list_keys(None).map(|r| {
+            (
+                200,
+                r.keys
+                    .join(
+                        "
+",
+                    )
+                    .into_bytes(),
+            )
+        }),
+        (Method::Get, Some(key), None) => bucket.get(key).map(|v| match v {
+            Some(v) => (200, v),
+            None => (404, b"no such key".to_vec()),
+        }),
+        (Method::Put, Some(key), None) => bucket.set(key, &body).map(|()| (204, vec![])),
+        (Method::Delete, Some(key), None) => bucket.delete(key).map(|()| (204, vec![])),
+        (Method::Post, Some(key), Some("incr")) => {
+            atomics::increment(&bucket, key, 1).map(|n| (200, n.to_string().into_bytes()))
+        }
+        _ => Ok((405, b"unsupported".to_vec())),
+    };
+    outcome.unwrap_or_else(|e| (500, format!("{e:?}").into_bytes()))
 }
 
 fn read_body(request: &IncomingRequest) -> Vec<u8> {

@@ -33,6 +33,11 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
+    /// The connection, shared with the NATS key-value store.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     /// Connects to the server (waiting up to 5 s for the first connection).
     pub async fn connect(config: &NatsConfig) -> Result<NatsBus> {
         let mut options = async_nats::ConnectOptions::new()

@@ -67,6 +67,7 @@ pub async fn start_host(cache: &Path) -> Host {
         listen: "127.0.0.1:0".parse().expect("address"),
         admin_listen: "127.0.0.1:0".parse().expect("address"),
         cache_dir: Some(cache.to_path_buf()),
+        data_dir: cache.join("data"),
         max_instances: 100,
         shutdown_grace: Duration::from_secs(5),
         ..HostConfig::default()

@@ -1,0 +1,169 @@
+//! The NATS key-value store: one JetStream KV bucket per weft bucket, created on first
+//! use. Increment and compare-and-swap use the entry revision, so they are atomic
+//! across hosts.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+
+use super::{KvError, KvStore, add_counter, parse_counter};
+
+/// Attempts at an optimistic update before giving up under contention.
+const MAX_ATTEMPTS: usize = 100;
+
+/// JetStream KV buckets on a NATS connection.
+#[derive(Debug)]
+pub struct NatsKv {
+    js: jetstream::Context,
+    buckets: Mutex<HashMap<String, kv::Store>>,
+    server_version: String,
+}
+
+fn err(e: impl std::fmt::Display) -> KvError {
+    KvError::from_display(e)
+}
+
+impl NatsKv {
+    /// Key-value over `client`'s JetStream.
+    pub fn new(client: async_nats::Client) -> NatsKv {
+        let server_version = client.server_info().version;
+        NatsKv {
+            js: jetstream::new(client),
+            buckets: Mutex::new(HashMap::new()),
+            server_version,
+        }
+    }
+
+    async fn bucket(&self, name: &str) -> Result<kv::Store, KvError> {
+        if let Some(store) = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(store.clone());
+        }
+        let store = match self.js.get_key_value(name).await {
+            Ok(store) => store,
+            Err(_) => self
+                .js
+                .create_key_value(kv::Config { bucket: name.to_string(), history: 1, ..Default::default() })
+                .await
+                .map_err(|e| {
+                    let version = &self.server_version;
+                    KvError(format!(
+                        "creating JetStream KV bucket `{name}`: {e} (server {version}: JetStream must be enabled, `nats-server -js`, and KV needs nats-server 2.10 or newer)"
+                    ))
+                })?,
+        };
+        self.buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// The current value and the revision to update it from (`None`: create).
+    async fn current(
+        store: &kv::Store,
+        key: &str,
+    ) -> Result<(Option<Bytes>, Option<u64>), KvError> {
+        match store.entry(key).await.map_err(err)? {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                Ok((Some(entry.value), Some(entry.revision)))
+            }
+            Some(entry) => Ok((None, Some(entry.revision))),
+            None => Ok((None, None)),
+        }
+    }
+
+    /// Writes `value` if the key is still at `revision`; false when someone else won.
+    async fn write_if(store: &kv::Store, key: &str, revision: Option<u64>, value: Bytes) -> bool {
+        match revision {
+            Some(revision) => store.update(key, value, revision).await.is_ok(),
+            None => store.create(key, value).await.is_ok(),
+        }
+    }
+}
+
+impl KvStore for NatsKv {
+    fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
+        async move { self.bucket(&bucket).await?.get(key).await.map_err(err) }.boxed()
+    }
+
+    fn set(&self, bucket: String, key: String, value: Bytes) -> BoxFuture<'_, Result<(), KvError>> {
+        async move {
+            self.bucket(&bucket)
+                .await?
+                .put(key, value)
+                .await
+                .map_err(err)?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn delete(&self, bucket: String, key: String) -> BoxFuture<'_, Result<(), KvError>> {
+        async move { self.bucket(&bucket).await?.delete(key).await.map_err(err) }.boxed()
+    }
+
+    fn keys(&self, bucket: String) -> BoxFuture<'_, Result<Vec<String>, KvError>> {
+        async move {
+            let store = self.bucket(&bucket).await?;
+            let mut keys: Vec<String> = store
+                .keys()
+                .await
+                .map_err(err)?
+                .try_collect()
+                .await
+                .map_err(err)?;
+            keys.sort();
+            Ok(keys)
+        }
+        .boxed()
+    }
+
+    fn increment(
+        &self,
+        bucket: String,
+        key: String,
+        delta: u64,
+    ) -> BoxFuture<'_, Result<u64, KvError>> {
+        async move {
+            let store = self.bucket(&bucket).await?;
+            for _ in 0..MAX_ATTEMPTS {
+                let (value, revision) = Self::current(&store, &key).await?;
+                let next = add_counter(&key, parse_counter(&key, value.as_deref())?, delta)?;
+                if Self::write_if(&store, &key, revision, next.to_string().into()).await {
+                    return Ok(next);
+                }
+            }
+            Err(KvError(format!(
+                "incrementing `{key}`: too much contention, gave up after {MAX_ATTEMPTS} attempts"
+            )))
+        }
+        .boxed()
+    }
+
+    fn compare_and_swap(
+        &self,
+        bucket: String,
+        key: String,
+        expected: Option<Bytes>,
+        new: Bytes,
+    ) -> BoxFuture<'_, Result<bool, KvError>> {
+        async move {
+            let store = self.bucket(&bucket).await?;
+            let (value, revision) = Self::current(&store, &key).await?;
+            if value != expected {
+                return Ok(false);
+            }
+            Ok(Self::write_if(&store, &key, revision, new).await)
+        }
+        .boxed()
+    }
+}
