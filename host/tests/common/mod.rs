@@ -126,11 +126,18 @@ impl NatsServer {
     /// Starts a server, or returns `None` (loudly) on a developer machine without
     /// `nats-server`. In CI (`CI` set) a missing server fails the test.
     pub fn start() -> Option<NatsServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port is never handed out twice in one test process, so a server stopped for
+        // a restart test cannot have its port taken by another test's server meanwhile.
+        static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let port = loop {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let mut used = USED.lock().unwrap();
+            if !used.contains(&port) {
+                used.push(port);
+                break port;
+            }
+        };
         let store = tempfile::tempdir().unwrap();
         NatsServer::start_on(port, store)
     }
