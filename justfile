@@ -31,6 +31,10 @@ list:
 test:
     cargo test
 
+# Run one component's unit tests (components/unit-tests/tests/<component>.rs).
+test-component component:
+    cargo test -p unit-tests --test {{component}}
+
 # Formatting and lints, as CI would judge them.
 lint:
     cargo fmt --all -- --check

@@ -21,14 +21,7 @@ pub fn build_if_stale(entry: &ComponentEntry) -> Result<()> {
         }
         return Ok(());
     };
-    let built = modified(&entry.source);
-    let newest_source = build.sources.iter().filter_map(|s| newest(s)).max();
-    let stale = match (built, newest_source) {
-        (None, _) => true,
-        (Some(built), Some(source)) => source > built,
-        (Some(_), None) => false,
-    };
-    if !stale {
+    if !needs_build(entry) {
         return Ok(());
     }
     eprintln!("building {}: {}", entry.name, build.command);
@@ -54,6 +47,19 @@ pub fn build_if_stale(entry: &ComponentEntry) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `entry`'s `.wasm` is missing or older than any of its build sources.
+pub fn needs_build(entry: &ComponentEntry) -> bool {
+    let sources = entry.build.as_ref().map_or(&[][..], |b| &b.sources[..]);
+    match (
+        modified(&entry.source),
+        sources.iter().filter_map(|s| newest(s)).max(),
+    ) {
+        (None, _) => true,
+        (Some(built), Some(source)) => source > built,
+        (Some(_), None) => false,
+    }
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

@@ -40,8 +40,9 @@ pub enum HttpError {
     Overloaded { component: String },
     /// The component did not answer within its deadline.
     Deadline { component: String },
-    /// The component trapped or failed before answering.
-    GuestFailed { component: String },
+    /// The component trapped or failed before answering. The cause is logged, and
+    /// kept for the test harness; clients only see that it failed.
+    GuestFailed { component: String, cause: String },
     /// The request cannot be handed to a component.
     BadRequest(String),
 }
@@ -69,7 +70,7 @@ impl IntoResponse for HttpError {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("component `{component}` did not answer in time"),
             ),
-            HttpError::GuestFailed { component } => (
+            HttpError::GuestFailed { component, .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("component `{component}` failed to handle the request"),
             ),
@@ -118,11 +119,15 @@ async fn handle(
     };
     drop(snapshot);
     deployment.requests.fetch_add(1, Ordering::Relaxed);
-    run(&deployment, request).await
+    dispatch(&deployment, request).await
 }
 
-/// Runs one request through a fresh instance of `deployment`.
-async fn run(deployment: &Arc<Deployment>, request: Request) -> Result<Response, HttpError> {
+/// Runs one request through a fresh instance of `deployment`, applying its limits.
+/// Also the in-process entry point of the component test harness.
+pub async fn dispatch(
+    deployment: &Arc<Deployment>,
+    request: Request,
+) -> Result<Response, HttpError> {
     let limit = deployment.spec.limits.max_body_bytes;
     let declared = request
         .headers()
@@ -222,6 +227,7 @@ async fn run(deployment: &Arc<Deployment>, request: Request) -> Result<Response,
             }
             Err(HttpError::GuestFailed {
                 component: deployment.name.clone(),
+                cause: format!("the guest answered with error code {code:?}"),
             })
         }
         Ok(Err(_dropped)) => failed(task).await,
@@ -241,7 +247,10 @@ fn classify(deployment: &Deployment, error: &anyhow::Error) -> HttpError {
     if is_deadline(error) {
         HttpError::Deadline { component }
     } else {
-        HttpError::GuestFailed { component }
+        HttpError::GuestFailed {
+            component,
+            cause: one_line(error),
+        }
     }
 }
 
@@ -259,15 +268,23 @@ pub(crate) fn log_failure(deployment: &Deployment, error: &anyhow::Error) {
             "component {name} {version}: instance stopped: deadline of {ms} ms exceeded"
         );
     } else {
-        // wasmtime's messages carry the guest backtrace on several lines; keep one line.
-        let cause = format!("{error:#}")
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join(" | ");
+        let cause = one_line(error);
         tracing::warn!("component {name} {version}: instance failed: {cause}");
     }
+}
+
+/// An instance failure on one line: wasmtime's messages carry the guest backtrace on
+/// several lines. A missed deadline says so plainly.
+pub(crate) fn one_line(error: &anyhow::Error) -> String {
+    if is_deadline(error) {
+        return "deadline exceeded".to_string();
+    }
+    format!("{error:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// The response body from the guest: if the instance fails before finishing it, the

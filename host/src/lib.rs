@@ -24,6 +24,7 @@ pub mod messaging;
 pub mod outbound_http;
 pub mod router;
 pub mod spec;
+pub mod testing;
 pub mod up;
 
 pub use host::{Host, HostConfig};

@@ -37,6 +37,12 @@ impl EmbeddedKv {
         Ok(EmbeddedKv { db: Arc::new(db) })
     }
 
+    /// A store that lives in memory only (for tests and the component test harness).
+    pub fn in_memory() -> anyhow::Result<EmbeddedKv> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Ok(EmbeddedKv { db: Arc::new(db) })
+    }
+
     /// Runs `work` on a blocking thread: redb is synchronous.
     fn run<T: Send + 'static>(
         &self,

@@ -129,7 +129,7 @@ async fn serve(
         };
         let (deployment, bus) = (deployment.clone(), bus.clone());
         tokio::spawn(async move {
-            handle(&deployment, bus.as_ref(), message).await;
+            let _ = handle(&deployment, bus.as_ref(), message).await;
             drop(permit);
         });
     }
@@ -138,9 +138,22 @@ async fn serve(
 }
 
 /// Prepare a store, instantiate, call the handler, log the outcome, answer failures.
-async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message) {
+/// How handling one message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler returned `ok`.
+    Handled,
+    /// The handler returned `err(text)`.
+    HandlerError(String),
+    /// The instance trapped, missed its deadline or could not start; the cause.
+    Failed(String),
+}
+
+/// Prepare a store, instantiate, call the handler, log the outcome, answer failures.
+/// Also the in-process entry point of the component test harness.
+pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message) -> Outcome {
     let Some(pre) = &deployment.messaging else {
-        return;
+        return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
     };
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let deadline = deadline_for(deployment);
@@ -161,8 +174,8 @@ async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message)
         Ok(result) => result.map_err(anyhow::Error::from),
         Err(_) => Err(wasmtime::Trap::Interrupt.into()),
     };
-    let error = match outcome {
-        Ok(Ok(())) => return,
+    let (error, result) = match outcome {
+        Ok(Ok(())) => return Outcome::Handled,
         Ok(Err(handler_error)) => {
             tracing::info!(
                 "component {} {}: handler error on `{}`: {handler_error}",
@@ -170,14 +183,16 @@ async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message)
                 deployment.version,
                 message.subject
             );
-            handler_error
+            (handler_error.clone(), Outcome::HandlerError(handler_error))
         }
         Err(failure) => {
             crate::http_trigger::log_failure(deployment, &failure);
-            format!(
+            let cause = crate::http_trigger::one_line(&failure);
+            let error = format!(
                 "component `{}` failed to handle the message",
                 deployment.name
-            )
+            );
+            (error, Outcome::Failed(cause))
         }
     };
     if let Some(reply_to) = message.reply_to {
@@ -197,4 +212,5 @@ async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message)
             );
         }
     }
+    result
 }

@@ -1,0 +1,1 @@
+//! Nothing here: the unit tests are in `tests/`, one file per component.
