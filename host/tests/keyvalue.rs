@@ -2,6 +2,7 @@
 //! redb store and JetStream KV on a real nats-server).
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -54,16 +55,8 @@ async fn deploy_kv(host: &Host, name: &str, buckets: &[&str]) {
     deploy(host, name, "responder", spec).await;
 }
 
-/// Calls the responder's `/kv/...` API through the component's route prefix.
-async fn kv(
-    host: &Host,
-    method: reqwest::Method,
-    component: &str,
-    path: &str,
-    body: &str,
-) -> (StatusCode, String) {
-    // The responder reads its path from the request, so it is mounted at `/kv/...` too.
-    let _ = component;
+/// Calls the responder's `/kv/...` API (it is deployed on `/...`, so the path reaches it as is).
+async fn kv(host: &Host, method: reqwest::Method, path: &str, body: &str) -> (StatusCode, String) {
     let response = reqwest::Client::new()
         .request(method, url(host, &format!("/kv/{path}")))
         .body(body.to_string())
@@ -71,17 +64,6 @@ async fn kv(
         .await
         .unwrap();
     (response.status(), response.text().await.unwrap())
-}
-
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(false).await { super::$case(env).await } })*
-        }
-        mod nats {
-            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(true).await { super::$case(env).await } })*
-        }
-    };
 }
 
 conformance!(
@@ -96,35 +78,35 @@ async fn set_get_list_delete(env: Env) {
     deploy_kv(&env.host, "kv", &["orders"]).await;
     use reqwest::Method;
     assert_eq!(
-        kv(&env.host, Method::GET, "kv", "orders/a", "").await.0,
+        kv(&env.host, Method::GET, "orders/a", "").await.0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        kv(&env.host, Method::PUT, "kv", "orders/a", "one").await.0,
+        kv(&env.host, Method::PUT, "orders/a", "one").await.0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        kv(&env.host, Method::PUT, "kv", "orders/b", "two").await.0,
+        kv(&env.host, Method::PUT, "orders/b", "two").await.0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        kv(&env.host, Method::GET, "kv", "orders/a", "").await,
+        kv(&env.host, Method::GET, "orders/a", "").await,
         (StatusCode::OK, "one".into())
     );
     assert_eq!(
-        kv(&env.host, Method::GET, "kv", "orders", "").await,
+        kv(&env.host, Method::GET, "orders", "").await,
         (StatusCode::OK, "a\nb".into())
     );
     assert_eq!(
-        kv(&env.host, Method::DELETE, "kv", "orders/a", "").await.0,
+        kv(&env.host, Method::DELETE, "orders/a", "").await.0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        kv(&env.host, Method::GET, "kv", "orders/a", "").await.0,
+        kv(&env.host, Method::GET, "orders/a", "").await.0,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        kv(&env.host, Method::GET, "kv", "orders", "").await,
+        kv(&env.host, Method::GET, "orders", "").await,
         (StatusCode::OK, "b".into())
     );
     env.host.shutdown().await;
@@ -133,19 +115,19 @@ async fn set_get_list_delete(env: Env) {
 async fn buckets_are_isolated_and_need_a_grant(env: Env) {
     use reqwest::Method;
     deploy_kv(&env.host, "kv", &["mine"]).await;
-    let (status, body) = kv(&env.host, Method::GET, "kv", "theirs/x", "").await;
+    let (status, body) = kv(&env.host, Method::GET, "theirs/x", "").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("access denied to bucket `theirs`"), "{body}");
 
     // Same key, two buckets: separate values, straight from the backend.
-    kv(&env.host, Method::PUT, "kv", "mine/k", "from mine").await;
+    kv(&env.host, Method::PUT, "mine/k", "from mine").await;
     let store = env.host.deployments().backends().kv.clone();
     store
         .set("theirs".into(), "k".into(), Bytes::from("from theirs"))
         .await
         .unwrap();
     assert_eq!(
-        kv(&env.host, Method::GET, "kv", "mine/k", "").await.1,
+        kv(&env.host, Method::GET, "mine/k", "").await.1,
         "from mine"
     );
     assert_eq!(
@@ -167,14 +149,8 @@ async fn increments_are_atomic_under_contention(env: Env) {
         let env = env.clone();
         workers.push(tokio::spawn(async move {
             for _ in 0..25 {
-                let (status, body) = kv(
-                    &env.host,
-                    reqwest::Method::POST,
-                    "kv",
-                    "counters/hits/incr",
-                    "",
-                )
-                .await;
+                let (status, body) =
+                    kv(&env.host, reqwest::Method::POST, "counters/hits/incr", "").await;
                 assert_eq!(status, StatusCode::OK, "{body}");
             }
         }));
@@ -183,28 +159,14 @@ async fn increments_are_atomic_under_contention(env: Env) {
         w.await.unwrap();
     }
     assert_eq!(
-        kv(&env.host, reqwest::Method::GET, "kv", "counters/hits", "")
+        kv(&env.host, reqwest::Method::GET, "counters/hits", "")
             .await
             .1,
         "200"
     );
     // A value that is not a number cannot be incremented: an error, not a trap.
-    kv(
-        &env.host,
-        reqwest::Method::PUT,
-        "kv",
-        "counters/name",
-        "abc",
-    )
-    .await;
-    let (status, body) = kv(
-        &env.host,
-        reqwest::Method::POST,
-        "kv",
-        "counters/name/incr",
-        "",
-    )
-    .await;
+    kv(&env.host, reqwest::Method::PUT, "counters/name", "abc").await;
+    let (status, body) = kv(&env.host, reqwest::Method::POST, "counters/name/incr", "").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(body.contains("not a decimal number"), "{body}");
     Arc::into_inner(env).unwrap().host.shutdown().await;
@@ -255,13 +217,13 @@ async fn compare_and_swap_is_atomic_under_contention(env: Env) {
 
 async fn data_survives_a_host_restart(env: Env) {
     deploy_kv(&env.host, "kv", &["durable"]).await;
-    kv(&env.host, reqwest::Method::PUT, "kv", "durable/k", "kept").await;
+    kv(&env.host, reqwest::Method::PUT, "durable/k", "kept").await;
     env.host.shutdown().await;
 
     let host = start(env.dir.path(), env.nats.as_ref()).await;
     deploy_kv(&host, "kv", &["durable"]).await;
     assert_eq!(
-        kv(&host, reqwest::Method::GET, "kv", "durable/k", "").await,
+        kv(&host, reqwest::Method::GET, "durable/k", "").await,
         (StatusCode::OK, "kept".into())
     );
     host.shutdown().await;

@@ -2,6 +2,7 @@
 //! real nats-server), plus the cases only NATS has: several hosts, outside clients, restarts.
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -84,18 +85,6 @@ fn with_instance(mut spec: ComponentSpec, instance: &str) -> ComponentSpec {
 
 fn text(message: &Message) -> String {
     String::from_utf8_lossy(&message.body).to_string()
-}
-
-/// Runs one conformance case against both backends.
-macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(false).await { super::$case(env).await } })*
-        }
-        mod nats {
-            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(true).await { super::$case(env).await } })*
-        }
-    };
 }
 
 conformance!(

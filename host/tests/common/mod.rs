@@ -220,3 +220,18 @@ pub async fn start_host_on_nats(cache: &Path, nats: &NatsServer) -> Host {
     };
     Host::start(config).await.expect("starting a host on NATS")
 }
+
+/// Runs each named conformance case (an `async fn(Env)`) against both backends: the
+/// embedded one and a real nats-server. The test file provides `async fn env(nats: bool)
+/// -> Option<Env>`, which returns `None` when nats-server is unavailable locally.
+#[allow(unused_macros)]
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(false).await { super::$case(env).await } })*
+        }
+        mod nats {
+            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(true).await { super::$case(env).await } })*
+        }
+    };
+}
