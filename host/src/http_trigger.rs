@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::deployment::Deployment;
 use crate::deployments::Deployments;
-use crate::instance::{deadline_for, new_store};
+use crate::instance::{deadline_for, new_store, with_guest_stderr};
 use crate::router::Routed;
 
 /// The axum app that serves every HTTP route of every deployment.
@@ -185,7 +185,8 @@ pub async fn dispatch(
         let result = match tokio::time::timeout_at(deadline.into(), call).await {
             Ok(result) => result,
             Err(_) => Err(Trap::Interrupt.into()),
-        };
+        }
+        .map_err(|error| with_guest_stderr(&store, error));
         if let Err(error) = &result {
             // Set before the store (and with it the body's sender) is dropped, so a
             // body cut short reads as an error, not as a complete response.

@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::deployment::Deployment;
-use crate::guest_log::GuestLog;
+use crate::guest_log::{GuestLog, Tail, tail_text};
 use crate::keyvalue::capability::{KeyValue, KvGrant};
 use crate::messaging::capability::MessagingCtx;
 use crate::outbound_http::OutboundPolicy;
@@ -24,6 +24,7 @@ pub struct HostState {
     outbound: OutboundPolicy,
     messaging: MessagingCtx,
     kv: KvGrant,
+    stderr: Tail,
 }
 
 impl HostState {
@@ -67,9 +68,10 @@ pub fn new_store(
 ) -> Store<HostState> {
     let spec = &deployment.spec;
     let name: Arc<str> = deployment.name.as_str().into();
+    let stderr = Tail::default();
     let mut wasi = WasiCtx::builder();
     wasi.stdout(GuestLog::new(name.clone(), "stdout"))
-        .stderr(GuestLog::new(name, "stderr"))
+        .stderr(GuestLog::new(name, "stderr").keeping_tail(stderr.clone()))
         .envs(&spec.config.iter().collect::<Vec<_>>());
     let state = HostState {
         wasi: wasi.build(),
@@ -81,6 +83,7 @@ pub fn new_store(
         outbound: deployment.outbound.clone(),
         messaging: MessagingCtx::new(deployment.messaging_grant.clone(), reply_to),
         kv: deployment.kv_grant.clone(),
+        stderr,
     };
     let mut store = Store::new(deployment.component.engine(), state);
     store.limiter(|state| &mut state.limits);
@@ -95,6 +98,16 @@ pub fn new_store(
         }
     });
     store
+}
+
+/// Adds what the guest last wrote to stderr (a panic message, say) to a failure.
+pub fn with_guest_stderr(store: &Store<HostState>, error: anyhow::Error) -> anyhow::Error {
+    let stderr = tail_text(&store.data().stderr);
+    if stderr.is_empty() {
+        error
+    } else {
+        error.context(format!("guest stderr: {stderr}"))
+    }
 }
 
 /// The deadline for a call starting now under `deployment`'s limits.

@@ -120,7 +120,9 @@ fn up_serves_a_manifest_and_the_cli_manages_it() {
     assert_eq!(get("/f/trap").status(), 500);
     let trap = up.wait_for("instance failed");
     assert!(
-        trap.contains("component faults sha256:") && trap.contains("wasm trap"),
+        trap.contains("component faults sha256:")
+            && trap.contains("deliberate trap")
+            && trap.contains("wasm trap"),
         "names component, version and cause: {trap}"
     );
 

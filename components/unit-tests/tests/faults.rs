@@ -22,7 +22,9 @@ async fn faults_show_up_with_their_cause() {
     assert_eq!(trap.status, 500);
     let cause = trap.failure.unwrap();
     assert!(
-        cause.contains("wasm trap") && cause.contains("wasm backtrace"),
+        cause.contains("deliberate trap")
+            && cause.contains("wasm trap")
+            && cause.contains("wasm backtrace"),
         "{cause}"
     );
 

@@ -38,7 +38,10 @@ async fn handler_errors_and_traps_are_told_apart() {
     let Outcome::Failed(cause) = outcome else {
         panic!("expected a trap, got {outcome:?}")
     };
-    assert!(cause.contains("wasm trap"), "{cause}");
+    assert!(
+        cause.contains("deliberate trap in a message handler") && cause.contains("wasm trap"),
+        "{cause}"
+    );
     assert_eq!(
         reply.unwrap().service_error(),
         Some("component `responder` failed to handle the message")
@@ -145,4 +148,32 @@ async fn http_handlers_publish_through_the_same_rules() {
             body: b"via http".to_vec()
         }]
     );
+}
+
+/// The example from the README's "Testing a component" section, verbatim but for the path.
+#[tokio::test]
+async fn reserves_through_inventory() {
+    let r = TestComponent::build_and_load(MANIFEST, "responder")
+        .await
+        .unwrap();
+    r.stub("inventory.reserve", Stub::Reply(b"reserved".to_vec()));
+    r.seed("notes", "a", "seeded").await;
+
+    let (outcome, reply) = r.request("svc.call", "inventory.reserve").await;
+    assert_eq!(outcome, Outcome::Handled);
+    assert_eq!(reply.unwrap().body, "reserved");
+    assert_eq!(
+        r.events()[0],
+        Event::Requested {
+            subject: "inventory.reserve".into(),
+            body: b"from responder".to_vec()
+        }
+    );
+
+    let response = r.get("/kv/notes/a").await;
+    assert_eq!(
+        (response.status, response.text()),
+        (200, "seeded".to_string())
+    );
+    assert_eq!(r.kv_ops()[0].op, "get");
 }

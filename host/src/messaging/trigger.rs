@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use super::capability::BrokerMessage;
 use super::{Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery};
 use crate::deployment::{DeployError, Deployment};
-use crate::instance::{deadline_for, new_store};
+use crate::instance::{deadline_for, new_store, with_guest_stderr};
 
 /// The live subscriptions of every deployment.
 #[derive(Debug)]
@@ -173,7 +173,8 @@ pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Mess
     let outcome = match tokio::time::timeout_at(deadline.into(), call).await {
         Ok(result) => result.map_err(anyhow::Error::from),
         Err(_) => Err(wasmtime::Trap::Interrupt.into()),
-    };
+    }
+    .map_err(|error| with_guest_stderr(&store, error));
     let (error, result) = match outcome {
         Ok(Ok(())) => return Outcome::Handled,
         Ok(Err(handler_error)) => {
