@@ -150,7 +150,7 @@ async fn http_handlers_publish_through_the_same_rules() {
     );
 }
 
-/// The example from the README's "Testing a component" section, verbatim but for the path.
+/// The example from the README's "Testing a component" section, verbatim.
 #[tokio::test]
 async fn reserves_through_inventory() {
     let r = TestComponent::build_and_load(MANIFEST, "responder")
