@@ -12,16 +12,31 @@ default:
 
 # Build every guest component for wasm32-wasip2.
 build:
-    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p faults -p bad-import -p cli-app -p responder
+    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p faults -p bad-import -p cli-app -p responder -p orders -p inventory
 
 # Start a host serving the hello example (builds what is missing).
 up manifest="examples/hello/weft.toml":
     cargo run -p weft -- up {{manifest}}
 
-# Rebuild one component and deploy it into the running host, using the example manifest's routes.
-deploy component manifest="examples/hello/weft.toml":
+# Start a host serving the shop example (embedded bus and store; add `--nats URL` to use NATS).
+shop *args:
+    cargo run -p weft -- up examples/shop/weft.toml {{args}}
+
+# Rebuild one component and redeploy it into the running host, with the routes, limits and
+# permissions of the manifest that declares it (found under examples/ unless given).
+deploy component manifest="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    manifest="{{manifest}}"
+    if [ -z "$manifest" ]; then
+        manifest=$(grep -l '^\[components\.{{component}}\]' examples/*/weft.toml components/weft.toml | head -n 1 || true)
+    fi
+    if [ -z "$manifest" ]; then
+        echo "no manifest declares [components.{{component}}]: pass one, e.g. just deploy {{component}} path/to/weft.toml" >&2
+        exit 1
+    fi
     cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p {{component}}
-    cargo run -q -p weft -- deploy {{component}} --manifest {{manifest}} --wasm {{wasm_dir}}/{{replace(component, "-", "_")}}.wasm --admin {{admin}}
+    cargo run -q -p weft -- deploy {{component}} --manifest "$manifest" --wasm {{wasm_dir}}/{{replace(component, "-", "_")}}.wasm --admin {{admin}}
 
 # What the running host serves.
 list:
@@ -39,4 +54,4 @@ test-component component:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
-    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p faults -p bad-import -p cli-app -p responder -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p faults -p bad-import -p cli-app -p responder -p orders -p inventory -- -D warnings

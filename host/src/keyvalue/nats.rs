@@ -72,7 +72,7 @@ impl NatsKv {
         store: &kv::Store,
         key: &str,
     ) -> Result<(Option<Bytes>, Option<u64>), KvError> {
-        match store.entry(key).await.map_err(err)? {
+        match store.entry(encode_key(key)).await.map_err(err)? {
             Some(entry) if entry.operation == kv::Operation::Put => {
                 Ok((Some(entry.value), Some(entry.revision)))
             }
@@ -84,22 +84,68 @@ impl NatsKv {
     /// Writes `value` if the key is still at `revision`; false when someone else won.
     async fn write_if(store: &kv::Store, key: &str, revision: Option<u64>, value: Bytes) -> bool {
         match revision {
-            Some(revision) => store.update(key, value, revision).await.is_ok(),
-            None => store.create(key, value).await.is_ok(),
+            Some(revision) => store.update(encode_key(key), value, revision).await.is_ok(),
+            None => store.create(encode_key(key), value).await.is_ok(),
         }
     }
 }
 
+/// JetStream KV keys allow only `-/_=.a-zA-Z0-9`, and no `.` at either end. Any other
+/// byte (and `=` itself, and an outer `.`) is written `=XX`, so every key the embedded
+/// store accepts works here too, and `keys()` gives back the original names.
+fn encode_key(key: &str) -> String {
+    let last = key.len().saturating_sub(1);
+    let mut out = String::with_capacity(key.len());
+    for (i, b) in key.bytes().enumerate() {
+        let plain = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'/' | b'_')
+            || (b == b'.' && i != 0 && i != last);
+        if plain {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_key(key: &str) -> String {
+    let bytes = key.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'=').then(|| key.get(i + 1..i + 3)).flatten();
+        match escaped.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 impl KvStore for NatsKv {
     fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
-        async move { self.bucket(&bucket).await?.get(key).await.map_err(err) }.boxed()
+        async move {
+            self.bucket(&bucket)
+                .await?
+                .get(encode_key(&key))
+                .await
+                .map_err(err)
+        }
+        .boxed()
     }
 
     fn set(&self, bucket: String, key: String, value: Bytes) -> BoxFuture<'_, Result<(), KvError>> {
         async move {
             self.bucket(&bucket)
                 .await?
-                .put(key, value)
+                .put(encode_key(&key), value)
                 .await
                 .map_err(err)?;
             Ok(())
@@ -108,19 +154,27 @@ impl KvStore for NatsKv {
     }
 
     fn delete(&self, bucket: String, key: String) -> BoxFuture<'_, Result<(), KvError>> {
-        async move { self.bucket(&bucket).await?.delete(key).await.map_err(err) }.boxed()
+        async move {
+            self.bucket(&bucket)
+                .await?
+                .delete(encode_key(&key))
+                .await
+                .map_err(err)
+        }
+        .boxed()
     }
 
     fn keys(&self, bucket: String) -> BoxFuture<'_, Result<Vec<String>, KvError>> {
         async move {
             let store = self.bucket(&bucket).await?;
-            let mut keys: Vec<String> = store
+            let keys: Vec<String> = store
                 .keys()
                 .await
                 .map_err(err)?
                 .try_collect()
                 .await
                 .map_err(err)?;
+            let mut keys: Vec<String> = keys.iter().map(|k| decode_key(k)).collect();
             keys.sort();
             Ok(keys)
         }
@@ -165,5 +219,40 @@ impl KvStore for NatsKv {
             Ok(Self::write_if(&store, &key, revision, new).await)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_fit_jetstream() {
+        for key in [
+            "stock:apple",
+            "plain-key_1/x.y",
+            ".dot.",
+            "a=b",
+            "ünï cödé",
+            "order:o-000001",
+        ] {
+            let encoded = encode_key(key);
+            assert!(
+                encoded
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)),
+                "{key} -> {encoded}"
+            );
+            assert!(
+                !encoded.starts_with('.') && !encoded.ends_with('.'),
+                "{encoded}"
+            );
+            assert_eq!(decode_key(&encoded), key);
+        }
+        assert_eq!(
+            encode_key("plain.key"),
+            "plain.key",
+            "valid keys are unchanged"
+        );
     }
 }

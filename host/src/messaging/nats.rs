@@ -173,7 +173,11 @@ impl MessageBus for NatsBus {
             // Bounded: a deploy must fail clearly, not hang, while the server is away.
             match tokio::time::timeout(Duration::from_secs(5), self.client.flush()).await {
                 Ok(flushed) => flushed.map_err(unavailable)?,
-                Err(_) => return Err(BusError::Unavailable("no answer from the NATS server within 5 s".into())),
+                Err(_) => {
+                    return Err(BusError::Unavailable(
+                        "no answer from the NATS server within 5 s".into(),
+                    ));
+                }
             }
             let (sender, messages) = mpsc::channel(buffer.max(1));
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();

@@ -11,7 +11,15 @@ use weft::spec::{ComponentSpec, RouteSpec};
 use weft::{Host, HostConfig};
 
 /// The guest crates the tests use, all built by one cargo call.
-const COMPONENTS: &[&str] = &["hello", "faults", "bad-import", "cli-app", "responder"];
+const COMPONENTS: &[&str] = &[
+    "hello",
+    "faults",
+    "bad-import",
+    "cli-app",
+    "responder",
+    "orders",
+    "inventory",
+];
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

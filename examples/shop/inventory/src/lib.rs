@@ -1,0 +1,212 @@
+//! The shop's inventory service: stock per SKU in its own `inventory` bucket.
+//!
+//! - `shop.inventory.reserve` (request/reply) `{"items": [{"sku", "qty"}]}`: reserves all
+//!   items or none; replies `{"ok": true}` or `{"ok": false, "reason": "..."}`.
+//! - `GET /inventory`: `{"sku": available, ...}`; `PUT /inventory/:sku` `{"stock": n}`
+//!   sets what is available.
+//!
+//! Reservations must be atomic across concurrent instances and hosts, and
+//! `wasi:keyvalue@0.2.0-draft` offers only `increment`. So each SKU keeps three numbers:
+//! `stock` (set by PUT), `reserved` and `released` (both only ever incremented).
+//! Available = stock - reserved + released. A reservation increments `reserved` first and
+//! keeps it only if the result still fits in stock; otherwise it gives the quantity back
+//! through `released`. Two orders racing for the last item both increment, and exactly
+//! one sees a total that fits.
+
+wit_bindgen::generate!({
+    path: "../../../wit",
+    world: "weft:platform/service",
+    generate_all,
+});
+
+use exports::wasi::http::incoming_handler::Guest as HttpGuest;
+use exports::wasmcloud::messaging::handler::Guest as MessageGuest;
+use serde_json::{Map, Value, json};
+use wasi::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::keyvalue::atomics;
+use wasi::keyvalue::store::{self, Bucket};
+use wasmcloud::messaging::consumer;
+use wasmcloud::messaging::types::BrokerMessage;
+
+const BUCKET: &str = "inventory";
+
+struct Inventory;
+
+fn number(bucket: &Bucket, key: &str) -> Result<u64, String> {
+    match bucket.get(key).map_err(|e| format!("{e:?}"))? {
+        None => Ok(0),
+        Some(bytes) => String::from_utf8_lossy(&bytes)
+            .parse()
+            .map_err(|_| format!("`{key}` is not a number")),
+    }
+}
+
+/// How many of `sku` can still be reserved.
+fn available(bucket: &Bucket, sku: &str) -> Result<u64, String> {
+    let stock = number(bucket, &format!("stock:{sku}"))?;
+    let held = number(bucket, &format!("reserved:{sku}"))?
+        .saturating_sub(number(bucket, &format!("released:{sku}"))?);
+    Ok(stock.saturating_sub(held))
+}
+
+fn give_back(bucket: &Bucket, sku: &str, qty: u64) {
+    let _ = atomics::increment(bucket, &format!("released:{sku}"), qty);
+}
+
+/// Reserves `qty` of `sku` or nothing.
+fn reserve_one(bucket: &Bucket, sku: &str, qty: u64) -> Result<bool, String> {
+    let reserved = atomics::increment(bucket, &format!("reserved:{sku}"), qty)
+        .map_err(|e| format!("{e:?}"))?;
+    let released = number(bucket, &format!("released:{sku}"))?;
+    let stock = number(bucket, &format!("stock:{sku}"))?;
+    if reserved.saturating_sub(released) <= stock {
+        return Ok(true);
+    }
+    give_back(bucket, sku, qty);
+    Ok(false)
+}
+
+fn reserve(body: &[u8]) -> Value {
+    let items = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("items").cloned());
+    let Some(Value::Array(items)) = items else {
+        return json!({ "ok": false, "reason": "the request has no `items` array" });
+    };
+    let bucket = match store::open(BUCKET) {
+        Ok(bucket) => bucket,
+        Err(e) => {
+            return json!({ "ok": false, "reason": format!("inventory store unavailable: {e:?}") });
+        }
+    };
+    let mut done: Vec<(String, u64)> = Vec::new();
+    for item in &items {
+        let (Some(sku), Some(qty)) = (
+            item.get("sku").and_then(Value::as_str),
+            item.get("qty").and_then(Value::as_u64),
+        ) else {
+            return json!({ "ok": false, "reason": "each item needs `sku` and `qty`" });
+        };
+        match reserve_one(&bucket, sku, qty) {
+            Ok(true) => done.push((sku.to_string(), qty)),
+            outcome => {
+                // All or nothing: hand back what this order already took.
+                for (sku, qty) in &done {
+                    give_back(&bucket, sku, *qty);
+                }
+                let reason = match outcome {
+                    Err(e) => e,
+                    _ => format!("insufficient stock for `{sku}`"),
+                };
+                return json!({ "ok": false, "reason": reason });
+            }
+        }
+    }
+    json!({ "ok": true })
+}
+
+impl MessageGuest for Inventory {
+    fn handle_message(msg: BrokerMessage) -> Result<(), String> {
+        let answer = reserve(&msg.body);
+        match msg.reply_to {
+            Some(reply_to) => consumer::publish(&BrokerMessage {
+                subject: reply_to,
+                body: answer.to_string().into_bytes(),
+                reply_to: None,
+            }),
+            None => Err("reservations are requests: a reply subject is required".to_string()),
+        }
+    }
+}
+
+impl HttpGuest for Inventory {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        let path = path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
+        let (status, body) = match (request.method(), path.strip_prefix("/inventory")) {
+            (Method::Get, Some("")) => list(),
+            (Method::Put, Some(sku)) if sku.len() > 1 => set_stock(&sku[1..], &read_body(&request)),
+            _ => (404, json!({ "error": "not found" })),
+        };
+        respond(out, status, &body);
+    }
+}
+
+fn list() -> (u16, Value) {
+    let bucket = match store::open(BUCKET) {
+        Ok(bucket) => bucket,
+        Err(e) => return (500, json!({ "error": format!("{e:?}") })),
+    };
+    let keys = bucket.list_keys(None).map(|r| r.keys).unwrap_or_default();
+    let mut stock = Map::new();
+    for sku in keys.iter().filter_map(|k| k.strip_prefix("stock:")) {
+        stock.insert(sku.to_string(), json!(available(&bucket, sku).unwrap_or(0)));
+    }
+    (200, Value::Object(stock))
+}
+
+/// Makes `n` available: stock = n + what is currently held.
+fn set_stock(sku: &str, body: &[u8]) -> (u16, Value) {
+    let Some(n) = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("stock").and_then(Value::as_u64))
+    else {
+        return (
+            400,
+            json!({ "error": "body must be {\"stock\": <non-negative integer>}", "field": "stock" }),
+        );
+    };
+    let result = store::open(BUCKET)
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|bucket| {
+            let held = number(&bucket, &format!("reserved:{sku}"))?
+                .saturating_sub(number(&bucket, &format!("released:{sku}"))?);
+            bucket
+                .set(&format!("stock:{sku}"), (n + held).to_string().as_bytes())
+                .map_err(|e| format!("{e:?}"))
+        });
+    match result {
+        Ok(()) => (200, json!({ "sku": sku, "available": n })),
+        Err(e) => (500, json!({ "error": e })),
+    }
+}
+
+fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let Ok(body) = request.consume() else {
+        return bytes;
+    };
+    let Ok(stream) = body.stream() else {
+        return bytes;
+    };
+    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
+        bytes.extend_from_slice(&chunk);
+    }
+    bytes
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &Value) {
+    let headers = Fields::new();
+    let _ = headers.append("content-type", b"application/json");
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let Ok(outgoing) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(out, Ok(response));
+    if let Ok(stream) = outgoing.write() {
+        for chunk in body.to_string().as_bytes().chunks(4096) {
+            let _ = stream.blocking_write_and_flush(chunk);
+        }
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+export!(Inventory);
