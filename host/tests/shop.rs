@@ -30,7 +30,8 @@ async fn env(nats: bool) -> Option<Env> {
     let config = HostConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
-        cache_dir: Some(dir.path().join("cache")),
+        // Shared by the shop tests: the JavaScript component takes seconds to compile.
+        cache_dir: Some(workspace_root().join("target/test-cache/shop")),
         data_dir: dir.path().join("data"),
         shutdown_grace: Duration::from_secs(5),
         nats: server.as_ref().map(|s| weft::messaging::nats::NatsConfig {
@@ -111,6 +112,17 @@ async fn orders_reserve_stock_and_announce_themselves(env: Env) {
         .unwrap()
         .unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&event.body).unwrap(), order);
+
+    // The JavaScript notifications service saw it too (asynchronously: bounded wait).
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = env.call("GET", "/notifications", None).await.1;
+        if seen.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen[0]["order"], order, "{seen}");
 
     let (status, refused) = env.order("apple", 4).await;
     assert_eq!(
