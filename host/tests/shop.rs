@@ -40,12 +40,27 @@ async fn env(nats: bool) -> Option<Env> {
         }),
         ..HostConfig::default()
     };
-    let host = weft::up::start(&manifest(), config, true).await.unwrap();
+    build_once();
+    let host = weft::up::start(&manifest(), config, false).await.unwrap();
     Some(Env {
         host,
         nats: server,
         _dir: dir,
     })
+}
+
+/// Builds the shop's components once per test process: the tests run in parallel, and
+/// concurrent `npm install`s in one directory would trip over each other.
+fn build_once() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        for entry in weft::manifest::Manifest::load(&manifest())
+            .unwrap()
+            .components
+        {
+            weft::builder::build_if_stale(&entry).unwrap();
+        }
+    });
 }
 
 fn manifest() -> PathBuf {
