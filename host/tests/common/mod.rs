@@ -120,6 +120,25 @@ pub fn admin_url(host: &Host, path: &str) -> String {
     format!("http://{}{path}", host.admin_addr())
 }
 
+/// Whether npm (for the JavaScript example) can run. On a developer machine without it,
+/// says loudly that the test is skipped; in CI (`CI` set) its absence fails the test.
+pub fn npm_available() -> bool {
+    let found = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "npm is required in CI (apt-get install nodejs npm)"
+        );
+        eprintln!(
+            "\n*** SKIPPED: npm is not installed; install Node.js and npm to run the JavaScript example's tests ***\n"
+        );
+    }
+    found
+}
+
 /// A `nats-server` of our own on a free loopback port, with JetStream in a temp dir.
 /// Stopped (killed) on drop.
 pub struct NatsServer {
