@@ -22,8 +22,7 @@ up manifest="examples/hello/weft.toml":
 shop *args:
     cargo run -p weft -- up examples/shop/weft.toml {{args}}
 
-# Rebuild one component and redeploy it into the running host, with the routes, limits and
-# permissions of the manifest that declares it (found under examples/ unless given).
+# Rebuild one component and redeploy it into the running host, with its manifest's routes and permissions.
 deploy component manifest="":
     #!/usr/bin/env bash
     set -euo pipefail
