@@ -230,7 +230,17 @@ async fn run(cli: Cli) -> Result<()> {
                 "already live (same version and spec)"
             };
             println!("{} {} {state}", info.name, info.version);
-            println!("{}", weft::up::route_table(&[info], "<host>"));
+            for route in &info.routes {
+                let methods = if route.methods.is_empty() {
+                    "*".to_string()
+                } else {
+                    route.methods.join(",")
+                };
+                println!("  {methods:8} {}", route.path);
+            }
+            for subject in &info.subscriptions {
+                println!("  {:8} {subject}", "message");
+            }
             Ok(())
         }
         Command::List { admin } => {
