@@ -18,16 +18,23 @@
 wit_bindgen::generate!({
     path: "../../wit",
     world: "weft:platform/service",
+    // Share weft-sdk's HTTP and I/O types, so its helpers work on this crate's requests.
+    with: {
+        "wasi:http/types@0.2.12": weft_sdk::wasi::http::types,
+        "wasi:io/error@0.2.12": weft_sdk::wasi::io::error,
+        "wasi:io/poll@0.2.12": weft_sdk::wasi::io::poll,
+        "wasi:io/streams@0.2.12": weft_sdk::wasi::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": weft_sdk::wasi::clocks::monotonic_clock,
+    },
     generate_all,
 });
 
 use exports::wasi::http::incoming_handler::Guest as HttpGuest;
 use exports::wasmcloud::messaging::handler::Guest as MessageGuest;
-use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
 use wasmcloud::messaging::consumer;
 use wasmcloud::messaging::types::BrokerMessage;
+use weft_sdk::http::{read_body, respond};
+use weft_sdk::wasi::http::types::{IncomingRequest, ResponseOutparam};
 
 struct Responder;
 
@@ -91,7 +98,7 @@ impl MessageGuest for Responder {
 impl HttpGuest for Responder {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
-        let body = read_body(&request);
+        let body = read_body(&request).unwrap_or_default();
         let (status, answer) = if let Some(subject) = path.strip_prefix("/publish/") {
             match consumer::publish(&BrokerMessage {
                 subject: subject.to_string(),
@@ -111,24 +118,13 @@ impl HttpGuest for Responder {
         } else {
             (404, b"unknown path".to_vec())
         };
-        let response = OutgoingResponse::new(Fields::new());
-        let _ = response.set_status_code(status);
-        let Ok(outgoing) = response.body() else {
-            return;
-        };
-        ResponseOutparam::set(out, Ok(response));
-        if let Ok(stream) = outgoing.write() {
-            for chunk in answer.chunks(4096) {
-                let _ = stream.blocking_write_and_flush(chunk);
-            }
-        }
-        let _ = OutgoingBody::finish(outgoing, None);
+        respond(out, status, &[], &answer);
     }
 }
 
-fn kv(method: &wasi::http::types::Method, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
-    use wasi::http::types::Method;
+fn kv(method: &weft_sdk::wasi::http::types::Method, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
     use wasi::keyvalue::{atomics, store};
+    use weft_sdk::wasi::http::types::Method;
     let mut parts = path.splitn(3, '/');
     let (bucket_name, key, action) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
     let bucket = match store::open(bucket_name) {
@@ -165,20 +161,6 @@ fn kv(method: &wasi::http::types::Method, path: &str, body: Vec<u8>) -> (u16, Ve
         _ => Ok((405, b"unsupported".to_vec())),
     };
     outcome.unwrap_or_else(|e| (500, format!("{e:?}").into_bytes()))
-}
-
-fn read_body(request: &IncomingRequest) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let Ok(body) = request.consume() else {
-        return bytes;
-    };
-    let Ok(stream) = body.stream() else {
-        return bytes;
-    };
-    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
-        bytes.extend_from_slice(&chunk);
-    }
-    bytes
 }
 
 export!(Responder);

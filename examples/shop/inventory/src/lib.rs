@@ -16,19 +16,26 @@
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "weft:platform/service",
+    // Share weft-sdk's HTTP and I/O types, so its helpers work on this crate's requests.
+    with: {
+        "wasi:http/types@0.2.12": weft_sdk::wasi::http::types,
+        "wasi:io/error@0.2.12": weft_sdk::wasi::io::error,
+        "wasi:io/poll@0.2.12": weft_sdk::wasi::io::poll,
+        "wasi:io/streams@0.2.12": weft_sdk::wasi::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": weft_sdk::wasi::clocks::monotonic_clock,
+    },
     generate_all,
 });
 
 use exports::wasi::http::incoming_handler::Guest as HttpGuest;
 use exports::wasmcloud::messaging::handler::Guest as MessageGuest;
 use serde_json::{Map, Value, json};
-use wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
 use wasi::keyvalue::atomics;
 use wasi::keyvalue::store::{self, Bucket};
 use wasmcloud::messaging::consumer;
 use wasmcloud::messaging::types::BrokerMessage;
+use weft_sdk::http::read_body;
+use weft_sdk::wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 const BUCKET: &str = "inventory";
 
@@ -132,7 +139,9 @@ impl HttpGuest for Inventory {
             .to_string();
         let (status, body) = match (request.method(), path.strip_prefix("/inventory")) {
             (Method::Get, Some("")) => list(),
-            (Method::Put, Some(sku)) if sku.len() > 1 => set_stock(&sku[1..], &read_body(&request)),
+            (Method::Put, Some(sku)) if sku.len() > 1 => {
+                set_stock(&sku[1..], &read_body(&request).unwrap_or_default())
+            }
             _ => (404, json!({ "error": "not found" })),
         };
         respond(out, status, &body);
@@ -178,35 +187,13 @@ fn set_stock(sku: &str, body: &[u8]) -> (u16, Value) {
     }
 }
 
-fn read_body(request: &IncomingRequest) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let Ok(body) = request.consume() else {
-        return bytes;
-    };
-    let Ok(stream) = body.stream() else {
-        return bytes;
-    };
-    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
-        bytes.extend_from_slice(&chunk);
-    }
-    bytes
-}
-
 fn respond(out: ResponseOutparam, status: u16, body: &Value) {
-    let headers = Fields::new();
-    let _ = headers.append("content-type", b"application/json");
-    let response = OutgoingResponse::new(headers);
-    let _ = response.set_status_code(status);
-    let Ok(outgoing) = response.body() else {
-        return;
-    };
-    ResponseOutparam::set(out, Ok(response));
-    if let Ok(stream) = outgoing.write() {
-        for chunk in body.to_string().as_bytes().chunks(4096) {
-            let _ = stream.blocking_write_and_flush(chunk);
-        }
-    }
-    let _ = OutgoingBody::finish(outgoing, None);
+    weft_sdk::http::respond(
+        out,
+        status,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    );
 }
 
 export!(Inventory);

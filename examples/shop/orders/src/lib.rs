@@ -9,18 +9,25 @@
 wit_bindgen::generate!({
     path: "../../../wit",
     world: "weft:platform/rest-service",
+    // Share weft-sdk's HTTP and I/O types, so its helpers work on this crate's requests.
+    with: {
+        "wasi:http/types@0.2.12": weft_sdk::wasi::http::types,
+        "wasi:io/error@0.2.12": weft_sdk::wasi::io::error,
+        "wasi:io/poll@0.2.12": weft_sdk::wasi::io::poll,
+        "wasi:io/streams@0.2.12": weft_sdk::wasi::io::streams,
+        "wasi:clocks/monotonic-clock@0.2.12": weft_sdk::wasi::clocks::monotonic_clock,
+    },
     generate_all,
 });
 
 use exports::wasi::http::incoming_handler::Guest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
-};
 use wasi::keyvalue::{atomics, store};
 use wasmcloud::messaging::consumer;
 use wasmcloud::messaging::types::BrokerMessage;
+use weft_sdk::http::read_body;
+use weft_sdk::wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
 
 const BUCKET: &str = "orders";
 const RESERVE: &str = "shop.inventory.reserve";
@@ -52,7 +59,7 @@ impl Guest for Orders {
             .trim_end_matches('/')
             .to_string();
         let (status, body) = match (request.method(), path.strip_prefix("/orders")) {
-            (Method::Post, Some("")) => create(&read_body(&request)),
+            (Method::Post, Some("")) => create(&read_body(&request).unwrap_or_default()),
             (Method::Get, Some("")) => list(),
             (Method::Get, Some(id)) => get(id.trim_start_matches('/')),
             _ => (404, json!({ "error": "not found" })),
@@ -191,35 +198,13 @@ fn list() -> (u16, Value) {
     (200, Value::Array(orders))
 }
 
-fn read_body(request: &IncomingRequest) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let Ok(body) = request.consume() else {
-        return bytes;
-    };
-    let Ok(stream) = body.stream() else {
-        return bytes;
-    };
-    while let Ok(chunk) = stream.blocking_read(64 * 1024) {
-        bytes.extend_from_slice(&chunk);
-    }
-    bytes
-}
-
 fn respond(out: ResponseOutparam, status: u16, body: &Value) {
-    let headers = Fields::new();
-    let _ = headers.append("content-type", b"application/json");
-    let response = OutgoingResponse::new(headers);
-    let _ = response.set_status_code(status);
-    let Ok(outgoing) = response.body() else {
-        return;
-    };
-    ResponseOutparam::set(out, Ok(response));
-    if let Ok(stream) = outgoing.write() {
-        for chunk in body.to_string().as_bytes().chunks(4096) {
-            let _ = stream.blocking_write_and_flush(chunk);
-        }
-    }
-    let _ = OutgoingBody::finish(outgoing, None);
+    weft_sdk::http::respond(
+        out,
+        status,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    );
 }
 
 export!(Orders);
