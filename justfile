@@ -49,6 +49,10 @@ test:
 test-component component:
     cargo test -p unit-tests --test {{component}}
 
+# Benchmarks side by side with native axum, `wasmtime serve` and a native NATS responder; writes BENCHMARKS.md (`--quick` for a short run).
+bench *args:
+    bash host/benches/run.sh {{args}}
+
 # Formatting and lints, as CI would judge them.
 lint:
     cargo fmt --all -- --check

@@ -52,36 +52,44 @@ impl CompileCache {
         wasm: &[u8],
         digest: &str,
     ) -> Result<(Component, Compiled)> {
-        let start = Instant::now();
-        let path = self
-            .dir
-            .as_ref()
-            .map(|dir| dir.join(cache_file_name(engine, digest)));
-        if let Some(path) = path.as_ref().filter(|p| p.exists()) {
-            match load(engine, path) {
-                Ok(component) => {
-                    return Ok((
-                        component,
-                        Compiled::Cached {
-                            ms: start.elapsed().as_millis() as u64,
-                        },
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e:#}")
-                }
-            }
+        if let Some(hit) = self.cached(engine, digest) {
+            return Ok(hit);
         }
+        let start = Instant::now();
         let component = Component::new(engine, wasm)?;
         let compiled = Compiled::Fresh {
             ms: start.elapsed().as_millis() as u64,
         };
-        if let Some(path) = path
+        if let Some(path) = self.path(engine, digest)
             && let Err(e) = store(&component, &path)
         {
             tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
         }
         Ok((component, compiled))
+    }
+
+    /// The result of an earlier compile of `digest` on `engine`, if the cache has one.
+    pub fn cached(&self, engine: &Engine, digest: &str) -> Option<(Component, Compiled)> {
+        let start = Instant::now();
+        let path = self.path(engine, digest).filter(|p| p.exists())?;
+        match load(engine, &path) {
+            Ok(component) => Some((
+                component,
+                Compiled::Cached {
+                    ms: start.elapsed().as_millis() as u64,
+                },
+            )),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "ignoring unusable compile cache entry: {e:#}");
+                None
+            }
+        }
+    }
+
+    fn path(&self, engine: &Engine, digest: &str) -> Option<PathBuf> {
+        self.dir
+            .as_ref()
+            .map(|dir| dir.join(cache_file_name(engine, digest)))
     }
 }
 

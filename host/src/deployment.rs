@@ -8,12 +8,12 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::Semaphore;
-use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::compile::{CompileCache, Compiled, digest};
-use crate::instance::HostState;
+use crate::engine::{Compiler, Engines, Tier};
+use crate::instance::{HostState, InstancePool};
 use crate::keyvalue::KvStore;
 use crate::keyvalue::capability::KvGrant;
 use crate::messaging::MessageBus;
@@ -77,10 +77,14 @@ pub struct Deployment {
     pub kv_grant: KvGrant,
     /// Admission control: one permit per running instance.
     pub concurrency: Arc<Semaphore>,
+    /// Instances kept for reuse (empty unless `limits.requests_per_instance` > 1).
+    pub instances: InstancePool,
     /// When it went live (seconds since the Unix epoch).
     pub deployed_at: u64,
     /// How the code was obtained.
     pub compiled: Compiled,
+    /// Which compiler made the code.
+    pub tier: Tier,
     /// Requests handled.
     pub requests: AtomicU64,
     /// Requests that ended in a trap, deadline or host error.
@@ -112,6 +116,9 @@ pub struct DeploymentInfo {
     pub deployed_at: u64,
     /// `fresh` or `cached`, with milliseconds.
     pub compiled: serde_json::Value,
+    /// `baseline` (Winch, while Cranelift works) or `optimized`.
+    #[serde(default)]
+    pub tier: Option<Tier>,
     /// Requests handled.
     pub requests: u64,
     /// Requests that failed on the host side (trap, deadline, limits).
@@ -120,9 +127,13 @@ pub struct DeploymentInfo {
 
 impl Deployment {
     /// Validates, compiles (or loads from cache) and pre-instantiates `wasm`.
+    ///
+    /// Code already in the cache is used as it is. Otherwise, if the host has a
+    /// baseline compiler, the component starts on Winch code and
+    /// [`Deployment::tier`] says so: the caller recompiles it with Cranelift in the
+    /// background (see `Deployments::deploy`).
     pub fn prepare(
-        engine: &Engine,
-        linker: &Linker<HostState>,
+        engines: &Engines,
         cache: &CompileCache,
         backends: &Backends,
         name: &str,
@@ -133,18 +144,27 @@ impl Deployment {
         spec.validate().map_err(DeployError::InvalidSpec)?;
         check_is_component(wasm)?;
         let version = digest(wasm);
-        let (component, compiled) = cache
-            .compile(engine, wasm, &version)
-            .map_err(|e| DeployError::Compile(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))?;
-        let proxy = ProxyPre::new(pre.clone()).ok();
-        let messaging = MessagingHostPre::new(pre).ok();
-        check_exports(&spec, proxy.is_some(), messaging.is_some())?;
+        let optimized = &engines.optimized;
+        let (compiler, (component, compiled)) =
+            match (cache.cached(&optimized.engine, &version), &engines.baseline) {
+                (Some(hit), _) => (optimized, hit),
+                (None, Some(baseline)) => match cache.compile(&baseline.engine, wasm, &version) {
+                    Ok(code) => (baseline, code),
+                    Err(e) => {
+                        // Winch lacks some proposals Cranelift has: not an error yet.
+                        tracing::info!(
+                            component = name,
+                            "Winch cannot compile it, using Cranelift: {e:#}"
+                        );
+                        (optimized, compile(optimized, cache, wasm, &version)?)
+                    }
+                },
+                (None, None) => (optimized, compile(optimized, cache, wasm, &version)?),
+            };
         let deployed_at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let code = Code::link(compiler, component, &spec)?;
         Ok(Deployment {
             name: name.to_string(),
             version,
@@ -152,10 +172,12 @@ impl Deployment {
             messaging_grant: grant(backends.bus.clone(), name, &spec),
             kv_grant: kv_grant(backends.kv.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+            instances: InstancePool::new(&spec.limits),
             spec,
-            component,
-            proxy,
-            messaging,
+            component: code.component,
+            proxy: code.proxy,
+            messaging: code.messaging,
+            tier: compiler.tier,
             deployed_at,
             compiled,
             requests: AtomicU64::new(0),
@@ -167,22 +189,58 @@ impl Deployment {
     pub fn with_spec(&self, spec: ComponentSpec) -> Result<Deployment, DeployError> {
         spec.validate().map_err(DeployError::InvalidSpec)?;
         check_exports(&spec, self.proxy.is_some(), self.messaging.is_some())?;
-        Ok(Deployment {
+        let code = Code {
+            component: self.component.clone(),
+            proxy: self.proxy.clone(),
+            messaging: self.messaging.clone(),
+        };
+        Ok(self.rebuilt(spec, code, self.tier, self.compiled))
+    }
+
+    /// This deployment on Cranelift code: the tier-up of a deployment that started on
+    /// Winch. Same version, spec and grants; counters carry over.
+    pub fn optimized(
+        &self,
+        engines: &Engines,
+        cache: &CompileCache,
+        wasm: &[u8],
+    ) -> Result<Deployment, DeployError> {
+        let optimized = &engines.optimized;
+        let (component, compiled) = compile(optimized, cache, wasm, &self.version)?;
+        let code = Code::link(optimized, component, &self.spec)?;
+        let next = self.rebuilt(self.spec.clone(), code, Tier::Optimized, compiled);
+        next.requests
+            .store(self.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+        next.errors
+            .store(self.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(next)
+    }
+
+    fn rebuilt(
+        &self,
+        spec: ComponentSpec,
+        code: Code,
+        tier: Tier,
+        compiled: Compiled,
+    ) -> Deployment {
+        Deployment {
             name: self.name.clone(),
             version: self.version.clone(),
             outbound: OutboundPolicy::new(&spec.allowed_outbound_hosts),
             messaging_grant: grant(self.messaging_grant.bus.clone(), &self.name, &spec),
             kv_grant: kv_grant(self.kv_grant.store.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+            instances: InstancePool::new(&spec.limits),
             spec,
-            component: self.component.clone(),
-            proxy: self.proxy.clone(),
-            messaging: self.messaging.clone(),
+            component: code.component,
+            proxy: code.proxy,
+            messaging: code.messaging,
+            tier,
             deployed_at: self.deployed_at,
-            compiled: self.compiled,
+            compiled,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-        })
+        }
     }
 
     /// A snapshot for listings.
@@ -199,10 +257,52 @@ impl Deployment {
                 .collect(),
             deployed_at: self.deployed_at,
             compiled: serde_json::to_value(self.compiled).unwrap_or_default(),
+            tier: Some(self.tier),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Compiled code with its imports resolved, on one engine.
+struct Code {
+    component: Component,
+    proxy: Option<ProxyPre<HostState>>,
+    messaging: Option<MessagingHostPre<HostState>>,
+}
+
+impl Code {
+    /// Resolves `component`'s imports with `compiler`'s linker and checks that it
+    /// exports what `spec` needs.
+    fn link(
+        compiler: &Compiler,
+        component: Component,
+        spec: &ComponentSpec,
+    ) -> Result<Code, DeployError> {
+        let pre = compiler
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))?;
+        let proxy = ProxyPre::new(pre.clone()).ok();
+        let messaging = MessagingHostPre::new(pre).ok();
+        check_exports(spec, proxy.is_some(), messaging.is_some())?;
+        Ok(Code {
+            component,
+            proxy,
+            messaging,
+        })
+    }
+}
+
+fn compile(
+    compiler: &Compiler,
+    cache: &CompileCache,
+    wasm: &[u8],
+    version: &str,
+) -> Result<(Component, Compiled), DeployError> {
+    cache
+        .compile(&compiler.engine, wasm, version)
+        .map_err(|e| DeployError::Compile(format!("{e:#}")))
 }
 
 /// The host's shared backends that deployments are granted access to.

@@ -5,12 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use wasmtime::Engine;
-use wasmtime::component::Linker;
 
 use crate::compile::CompileCache;
 use crate::deployment::{Backends, DeployError, Deployment, DeploymentInfo};
-use crate::instance::HostState;
+use crate::engine::{Engines, Tier};
 use crate::messaging::trigger::{MessagingTrigger, retire};
 use crate::router::RouteTable;
 use crate::spec::ComponentSpec;
@@ -35,9 +33,10 @@ pub struct Deployed {
 
 /// All deployments of a host, and the engine they run on.
 pub struct Deployments {
-    engine: Engine,
-    linker: Linker<HostState>,
+    engines: Engines,
     cache: CompileCache,
+    /// One Cranelift recompile at a time, so tier-ups never crowd out serving.
+    tier_up: tokio::sync::Semaphore,
     messaging: Arc<MessagingTrigger>,
     backends: Backends,
     live: ArcSwap<Snapshot>,
@@ -54,18 +53,17 @@ impl std::fmt::Debug for Deployments {
 }
 
 impl Deployments {
-    /// An empty set on `engine`, checking imports against `linker`, subscribing through `messaging`.
+    /// An empty set on `engines`, subscribing through `messaging`.
     pub fn new(
-        engine: Engine,
-        linker: Linker<HostState>,
+        engines: Engines,
         cache: CompileCache,
         messaging: Arc<MessagingTrigger>,
         kv: Arc<dyn crate::keyvalue::KvStore>,
     ) -> Deployments {
         Deployments {
-            engine,
-            linker,
+            engines,
             cache,
+            tier_up: tokio::sync::Semaphore::new(1),
             backends: Backends {
                 bus: messaging.bus().clone(),
                 kv,
@@ -84,7 +82,7 @@ impl Deployments {
     /// Deploys `wasm` as `name`, replacing any earlier version once the new one is ready.
     /// Requests in flight finish on the version they started on.
     pub async fn deploy(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         spec: ComponentSpec,
         wasm: bytes::Bytes,
@@ -106,24 +104,13 @@ impl Deployments {
                 current.with_spec(spec)?
             }
             _ => {
-                let (engine, linker, cache, owned_name) = (
-                    self.engine.clone(),
-                    self.linker.clone(),
-                    self.cache.clone(),
-                    name.to_string(),
-                );
+                let (engines, cache, owned_name) =
+                    (self.engines.clone(), self.cache.clone(), name.to_string());
                 let backends = self.backends.clone();
+                let wasm = wasm.clone();
                 // Compiling is CPU-bound and can take seconds: keep it off the I/O threads.
                 tokio::task::spawn_blocking(move || {
-                    Deployment::prepare(
-                        &engine,
-                        &linker,
-                        &cache,
-                        &backends,
-                        &owned_name,
-                        spec,
-                        &wasm,
-                    )
+                    Deployment::prepare(&engines, &cache, &backends, &owned_name, spec, &wasm)
                 })
                 .await
                 .map_err(|e| DeployError::Compile(format!("compile task failed: {e}")))??
@@ -131,22 +118,84 @@ impl Deployments {
         };
 
         let deployment = Arc::new(deployment);
+        self.install(&deployment, None).await?;
+        tracing::info!(component = name, version = %deployment.version, compiled = ?deployment.compiled, tier = ?deployment.tier, "deployed");
+        if deployment.tier == Tier::Baseline {
+            tokio::spawn(self.clone().tier_up(deployment.clone(), wasm));
+        }
+        Ok(Deployed {
+            info: deployment.info(),
+            changed: true,
+        })
+    }
+
+    /// Makes `deployment` live under its name. With `replacing`, only if that exact
+    /// deployment is still the live one (returns false otherwise).
+    async fn install(
+        &self,
+        deployment: &Arc<Deployment>,
+        replacing: Option<&Arc<Deployment>>,
+    ) -> Result<bool, DeployError> {
+        let name = deployment.name.as_str();
         let _writer = self.writer.lock().await;
         let live = self.snapshot();
+        if let Some(expected) = replacing
+            && !live
+                .by_name
+                .get(name)
+                .is_some_and(|d| Arc::ptr_eq(d, expected))
+        {
+            return Ok(false);
+        }
         check_routes(&live, name, &deployment.spec)?;
         // The new version joins its queue groups before the old one leaves, so a
         // stream of messages never finds nobody subscribed.
-        let subscriptions = self.messaging.subscribe(&deployment).await?;
+        let subscriptions = self.messaging.subscribe(deployment).await?;
         let mut by_name = live.by_name.clone();
         by_name.insert(name.to_string(), deployment.clone());
         self.publish(by_name);
         let old = self.messaging.replace(name, subscriptions);
         tokio::spawn(retire(old));
-        tracing::info!(component = name, version = %deployment.version, compiled = ?deployment.compiled, "deployed");
-        Ok(Deployed {
-            info: deployment.info(),
-            changed: true,
-        })
+        Ok(true)
+    }
+
+    /// Recompiles a deployment that started on Winch with Cranelift, in the background,
+    /// and switches to the new code atomically, as a redeploy of the same version would.
+    async fn tier_up(self: Arc<Self>, baseline: Arc<Deployment>, wasm: bytes::Bytes) {
+        let Ok(_turn) = self.tier_up.acquire().await else {
+            return;
+        };
+        let live = self.snapshot();
+        if !live
+            .by_name
+            .get(&baseline.name)
+            .is_some_and(|d| Arc::ptr_eq(d, &baseline))
+        {
+            return; // replaced or removed while waiting
+        }
+        let (engines, cache, current) =
+            (self.engines.clone(), self.cache.clone(), baseline.clone());
+        let optimized =
+            tokio::task::spawn_blocking(move || current.optimized(&engines, &cache, &wasm)).await;
+        let name = &baseline.name;
+        let optimized = match optimized {
+            Ok(Ok(optimized)) => Arc::new(optimized),
+            Ok(Err(e)) => {
+                tracing::warn!(component = %name, "keeps running on Winch code: Cranelift failed: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(component = %name, "keeps running on Winch code: the compile task failed: {e}");
+                return;
+            }
+        };
+        match self.install(&optimized, Some(&baseline)).await {
+            Ok(true) => {
+                tracing::info!(component = %name, version = %optimized.version, compiled = ?optimized.compiled, "switched to optimized code")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(component = %name, "keeps running on Winch code: {e}"),
+        }
     }
 
     /// Removes `name`; its routes answer 404 from now on, requests in flight finish.

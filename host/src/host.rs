@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::compile::CompileCache;
 use crate::deployments::Deployments;
-use crate::engine::{build_engine, build_linker, start_epoch_ticker};
+use crate::engine::Engines;
 use crate::keyvalue::KvStore;
 use crate::keyvalue::embedded::EmbeddedKv;
 use crate::keyvalue::nats::NatsKv;
@@ -41,6 +42,9 @@ pub struct HostConfig {
     pub nats: Option<NatsConfig>,
     /// Where the embedded key-value store keeps its file (unused with NATS).
     pub data_dir: PathBuf,
+    /// Start components that are not in the compile cache on Winch code, then switch
+    /// to Cranelift code in the background (quick deploys of large guests).
+    pub baseline_compiler: bool,
 }
 
 impl Default for HostConfig {
@@ -54,6 +58,7 @@ impl Default for HostConfig {
             shutdown_grace: Duration::from_secs(10),
             nats: None,
             data_dir: default_data_dir(),
+            baseline_compiler: true,
         }
     }
 }
@@ -78,10 +83,8 @@ impl Host {
                 config.admin_listen
             );
         }
-        let engine =
-            build_engine(config.max_instances).context("configuring the wasmtime engine")?;
-        start_epoch_ticker(&engine);
-        let linker = build_linker(&engine).context("linking the host's WASI imports")?;
+        let engines = Engines::new(config.max_instances, config.baseline_compiler)
+            .context("configuring the wasmtime engines")?;
         let (bus, kv): (Arc<dyn MessageBus>, Arc<dyn KvStore>) = match &config.nats {
             Some(nats) => {
                 let bus = NatsBus::connect(nats).await?;
@@ -98,7 +101,7 @@ impl Host {
         tracing::info!("messaging: {}", bus.describe());
         let messaging = Arc::new(MessagingTrigger::new(bus));
         let cache = CompileCache::new(config.cache_dir);
-        let deployments = Arc::new(Deployments::new(engine, linker, cache, messaging, kv));
+        let deployments = Arc::new(Deployments::new(engines, cache, messaging, kv));
 
         let http = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
@@ -179,6 +182,14 @@ fn serve(
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
+        // Responses go out in several writes (head, body chunks from the guest): without
+        // TCP_NODELAY, Nagle's algorithm meets the client's delayed ACK and a 16 KiB
+        // response waits 40 ms.
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
+            }
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -19,7 +19,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::deployment::Deployment;
 use crate::deployments::Deployments;
-use crate::instance::{deadline_for, new_store, with_guest_stderr};
+use crate::instance::{Warm, deadline_for, new_store, with_guest_stderr};
 use crate::router::Routed;
 
 /// The axum app that serves every HTTP route of every deployment.
@@ -151,7 +151,12 @@ pub async fn dispatch(
         remaining: limit,
         exceeded: exceeded.clone(),
     });
-    let mut store = new_store(deployment, deadline, None);
+    // A kept instance if the component opted into reuse and one is idle, else a
+    // fresh store that the task instantiates.
+    let (mut store, warm) = match deployment.instances.take(deadline) {
+        Some(warm) => (warm.store, Some((warm.proxy, warm.uses))),
+        None => (new_store(deployment, deadline, None), None),
+    };
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (wasi_request, out) = {
         let mut http = store.data_mut().http();
@@ -169,16 +174,21 @@ pub async fn dispatch(
     let task_failed = failed_midway.clone();
     let task = tokio::spawn(async move {
         let _permit = permit;
+        let (proxy, uses) = match warm {
+            Some((proxy, uses)) => (Some(proxy), uses),
+            None => (None, 0),
+        };
         let call = async {
-            let proxy = match &task_deployment.proxy {
-                Some(proxy) => proxy.instantiate_async(&mut store).await?,
-                None => anyhow::bail!("the component has no HTTP handler"),
+            let proxy = match (proxy, &task_deployment.proxy) {
+                (Some(proxy), _) => proxy,
+                (None, Some(pre)) => pre.instantiate_async(&mut store).await?,
+                (None, None) => anyhow::bail!("the component has no HTTP handler"),
             };
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, wasi_request, out)
                 .await?;
-            anyhow::Ok(())
+            anyhow::Ok(proxy)
         };
         // The deadline covers the whole instance, including a body still streaming
         // after the response head was sent; dropping the store ends the instance.
@@ -187,13 +197,23 @@ pub async fn dispatch(
             Err(_) => Err(Trap::Interrupt.into()),
         }
         .map_err(|error| with_guest_stderr(&store, error));
-        if let Err(error) = &result {
-            // Set before the store (and with it the body's sender) is dropped, so a
-            // body cut short reads as an error, not as a complete response.
-            task_failed.store(true, Ordering::Release);
-            log_failure(&task_deployment, error);
+        match result {
+            Ok(proxy) => {
+                // The guest returned, so it has written all of its body: the instance
+                // is free for the next request (if the component reuses instances).
+                if task_deployment.instances.enabled() {
+                    task_deployment.instances.put(Warm { store, proxy, uses });
+                }
+                Ok(())
+            }
+            Err(error) => {
+                // Set before the store (and with it the body's sender) is dropped, so a
+                // body cut short reads as an error, not as a complete response.
+                task_failed.store(true, Ordering::Release);
+                log_failure(&task_deployment, &error);
+                Err(error)
+            }
         }
-        result
     });
 
     let outcome = tokio::time::timeout_at(deadline.into(), receiver).await;

@@ -1,12 +1,15 @@
 //! Where a component is instantiated: the per-request `Store` with its WASI context,
-//! limits and deadline. Every request and message gets a fresh one.
+//! limits and deadline. Every request and message gets a fresh one, unless the
+//! component opted into reuse (`limits.requests_per_instance`): then [`InstancePool`]
+//! keeps instances that completed a request for the next one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::Proxy;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::deployment::Deployment;
@@ -25,6 +28,8 @@ pub struct HostState {
     messaging: MessagingCtx,
     kv: KvGrant,
     stderr: Tail,
+    /// When the current call must end; read by the epoch callback.
+    deadline: Instant,
 }
 
 impl HostState {
@@ -84,20 +89,96 @@ pub fn new_store(
         messaging: MessagingCtx::new(deployment.messaging_grant.clone(), reply_to),
         kv: deployment.kv_grant.clone(),
         stderr,
+        deadline,
     };
     let mut store = Store::new(deployment.component.engine(), state);
     store.limiter(|state| &mut state.limits);
     // Yield to the executor at every epoch tick so a busy guest cannot starve other
     // requests on this thread, and trap once the deadline has passed.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
+    store.epoch_deadline_callback(|store| {
+        if Instant::now() >= store.data().deadline {
             Err(Trap::Interrupt.into())
         } else {
             Ok(UpdateDeadline::Yield(1))
         }
     });
     store
+}
+
+/// An instance that completed a request and may serve another.
+pub struct Warm {
+    /// Its store, with the memory and globals the guest left behind.
+    pub store: Store<HostState>,
+    /// Its `wasi:http/incoming-handler` export.
+    pub proxy: Proxy,
+    /// Requests it has served.
+    pub uses: u32,
+}
+
+impl Warm {
+    /// Prepares the instance for its next call, which must end by `deadline`.
+    pub fn rearm(&mut self, deadline: Instant) {
+        self.store.data_mut().deadline = deadline;
+        self.store.set_epoch_deadline(1);
+    }
+}
+
+/// The idle instances of one deployment that opted into reuse. Each is handed to one
+/// request at a time; an instance that failed in any way is never put back.
+pub struct InstancePool {
+    idle: Mutex<Vec<Warm>>,
+    /// Requests per instance (`limits.requests_per_instance`); 1 disables the pool.
+    max_uses: u32,
+    /// Idle instances kept at most; each holds a slot of the host's pooling allocator.
+    max_idle: usize,
+}
+
+/// Upper bound on the idle instances one deployment keeps.
+const MAX_IDLE_PER_DEPLOYMENT: usize = 64;
+
+impl InstancePool {
+    /// A pool for a deployment with these limits.
+    pub fn new(limits: &crate::spec::Limits) -> InstancePool {
+        InstancePool {
+            idle: Mutex::new(Vec::new()),
+            max_uses: limits.requests_per_instance,
+            max_idle: (limits.max_concurrency as usize).min(MAX_IDLE_PER_DEPLOYMENT),
+        }
+    }
+
+    /// Whether instances are reused at all.
+    pub fn enabled(&self) -> bool {
+        self.max_uses > 1
+    }
+
+    /// An idle instance, if there is one, rearmed for a call ending at `deadline`.
+    pub fn take(&self, deadline: Instant) -> Option<Warm> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        warm.rearm(deadline);
+        Some(warm)
+    }
+
+    /// Returns an instance after a request it completed; dropped when it has served
+    /// its share or the pool is full.
+    pub fn put(&self, mut warm: Warm) {
+        warm.uses += 1;
+        if warm.uses >= self.max_uses {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(warm);
+        }
+    }
+
+    /// Idle instances right now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 /// Adds what the guest last wrote to stderr (a panic message, say) to a failure.

@@ -41,6 +41,10 @@ enum Command {
         /// Do not run build commands; use the `.wasm` files as they are.
         #[arg(long)]
         no_build: bool,
+        /// Serve a component not in the compile cache only once Cranelift has compiled
+        /// it (default: serve at once on Winch code, switch to Cranelift code when ready).
+        #[arg(long)]
+        cranelift_only: bool,
         /// NATS server(s) for messaging, e.g. nats://127.0.0.1:4222 (default: the manifest's
         /// `nats_url`, else the embedded in-process bus).
         #[arg(long, env = "WEFT_NATS")]
@@ -152,6 +156,7 @@ async fn run(cli: Cli) -> Result<()> {
             admin_token,
             cache_dir,
             no_build,
+            cranelift_only,
             nats,
             nats_creds,
             nats_token,
@@ -167,6 +172,7 @@ async fn run(cli: Cli) -> Result<()> {
                 admin_listen: admin,
                 admin_token,
                 nats,
+                baseline_compiler: !cranelift_only,
                 ..HostConfig::default()
             };
             if cache_dir.is_some() {
@@ -256,8 +262,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             for d in &list {
                 let routes: Vec<&str> = d.routes.iter().map(|r| r.path.as_str()).collect();
+                let code = match d.tier {
+                    Some(weft::engine::Tier::Baseline) => "code=winch(optimizing) ",
+                    _ => "",
+                };
                 println!(
-                    "{:20} {:20} requests={} errors={} routes={}",
+                    "{:20} {:20} requests={} errors={} {code}routes={}",
                     d.name,
                     d.version.chars().take(19).collect::<String>(),
                     d.requests,

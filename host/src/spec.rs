@@ -76,6 +76,12 @@ pub struct Limits {
     pub max_concurrency: u32,
     /// Largest request body accepted, in bytes (larger: 413).
     pub max_body_bytes: u64,
+    /// HTTP requests one instance serves in turn before it is thrown away. The default,
+    /// 1, gives every request a fresh instance. More is an opt-in for guests whose
+    /// start-up is expensive (JavaScript, Python): an instance is reused only after a
+    /// request it completed, never by two requests at once, and never after a trap or
+    /// a missed deadline. Guest globals then survive from one request to the next.
+    pub requests_per_instance: u32,
 }
 
 impl Default for Limits {
@@ -85,6 +91,7 @@ impl Default for Limits {
             memory_mb: 128,
             max_concurrency: 256,
             max_body_bytes: 10 * 1024 * 1024,
+            requests_per_instance: 1,
         }
     }
 }
@@ -106,6 +113,12 @@ impl ComponentSpec {
         }
         if l.max_concurrency == 0 {
             return Err("limits.max_concurrency must be at least 1".into());
+        }
+        if l.requests_per_instance == 0 {
+            return Err(
+                "limits.requests_per_instance must be at least 1 (1: a fresh instance per request)"
+                    .into(),
+            );
         }
         for route in &self.routes {
             crate::router::Pattern::parse(&route.path)

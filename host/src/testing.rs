@@ -20,12 +20,10 @@ use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
-use wasmtime::Engine;
-use wasmtime::component::Linker;
 
 use crate::compile::CompileCache;
 use crate::deployment::{Backends, Deployment};
-use crate::instance::HostState;
+use crate::engine::Engines;
 use crate::keyvalue::embedded::EmbeddedKv;
 use crate::keyvalue::{KvError, KvStore};
 use crate::manifest::{ComponentEntry, Manifest};
@@ -123,16 +121,15 @@ impl std::fmt::Debug for TestComponent {
     }
 }
 
-/// One engine and linker for all tests in a process, configured like a host's.
-fn runtime() -> Result<&'static (Engine, Linker<HostState>)> {
-    static RUNTIME: OnceLock<(Engine, Linker<HostState>)> = OnceLock::new();
-    if let Some(r) = RUNTIME.get() {
-        return Ok(r);
+/// One engine and linker for all tests in a process, configured like a host's. Tests
+/// run optimized (Cranelift) code only, as a host does once a component is cached.
+fn engines() -> Result<&'static Engines> {
+    static ENGINES: OnceLock<Engines> = OnceLock::new();
+    if let Some(e) = ENGINES.get() {
+        return Ok(e);
     }
-    let engine = crate::engine::build_engine(64)?;
-    crate::engine::start_epoch_ticker(&engine);
-    let linker = crate::engine::build_linker(&engine)?;
-    Ok(RUNTIME.get_or_init(|| (engine, linker)))
+    let engines = Engines::new(64, false)?;
+    Ok(ENGINES.get_or_init(|| engines))
 }
 
 impl TestComponent {
@@ -172,24 +169,16 @@ impl TestComponent {
                 path.display()
             )
         })?;
-        let (engine, linker) = runtime()?;
+        let engines = engines()?;
         let world = Arc::new(World::new()?);
         let backends = Backends {
             bus: world.clone(),
             kv: world.clone(),
         };
         let cache = CompileCache::new(CompileCache::default_dir());
-        let (engine, linker, name_owned) = (engine.clone(), linker.clone(), name.to_string());
+        let (engines, name_owned) = (engines.clone(), name.to_string());
         let deployment = tokio::task::spawn_blocking(move || {
-            Deployment::prepare(
-                &engine,
-                &linker,
-                &cache,
-                &backends,
-                &name_owned,
-                spec,
-                &wasm,
-            )
+            Deployment::prepare(&engines, &cache, &backends, &name_owned, spec, &wasm)
         })
         .await??;
         Ok(TestComponent {

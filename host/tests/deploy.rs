@@ -301,3 +301,103 @@ async fn in_flight_requests_finish_on_their_version_across_redeploy_and_shutdown
         "no longer accepting"
     );
 }
+
+/// A host with the default compile strategy: Winch first, Cranelift in the background.
+async fn tiered_host(cache: &std::path::Path) -> weft::Host {
+    init_logs();
+    weft::Host::start(HostConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        cache_dir: Some(cache.to_path_buf()),
+        data_dir: cache.join("data"),
+        max_instances: 100,
+        ..HostConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn tier(host: &weft::Host, name: &str) -> Option<weft::engine::Tier> {
+    host.deployments()
+        .list()
+        .into_iter()
+        .find(|d| d.name == name)
+        .and_then(|d| d.tier)
+}
+
+#[tokio::test]
+async fn a_new_component_serves_on_winch_then_switches_to_cranelift_without_failing_a_request() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = tiered_host(cache.path()).await;
+    let admin = client_for(&host);
+    let (info, _) = admin
+        .deploy("faults", &routes(&["/f/..."]), wasm("faults"))
+        .await
+        .unwrap();
+    assert_eq!(info.tier, Some(weft::engine::Tier::Baseline), "{info:?}");
+
+    // Requests run throughout; the switch must not fail one of them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = reqwest::Client::new();
+    let load = {
+        let (stop, client, target) = (stop.clone(), client.clone(), url(&host, "/f/count"));
+        tokio::spawn(async move {
+            let mut served = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let response = client.get(&target).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+                served += 1;
+            }
+            served
+        })
+    };
+    let start = std::time::Instant::now();
+    while tier(&host, "faults") != Some(weft::engine::Tier::Optimized) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "still on Winch code after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(load.await.unwrap() > 0);
+
+    // Traps and deadlines behave the same on the optimized code.
+    let trap = client.get(url(&host, "/f/trap")).send().await.unwrap();
+    assert_eq!(trap.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    host.shutdown().await;
+
+    // A restart finds the Cranelift code in the cache and starts on it directly.
+    let again = tiered_host(cache.path()).await;
+    let (info, _) = client_for(&again)
+        .deploy("faults", &routes(&["/f/..."]), wasm("faults"))
+        .await
+        .unwrap();
+    assert_eq!(info.tier, Some(weft::engine::Tier::Optimized), "{info:?}");
+    assert!(info.compiled.get("cached").is_some(), "{info:?}");
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trap_and_a_deadline_on_winch_code_are_reported_like_on_cranelift() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = tiered_host(cache.path()).await;
+    let spec = weft::spec::ComponentSpec {
+        limits: weft::spec::Limits {
+            timeout_ms: 300,
+            ..Default::default()
+        },
+        ..routes(&["/f/..."])
+    };
+    let (info, _) = client_for(&host)
+        .deploy("faults", &spec, wasm("faults"))
+        .await
+        .unwrap();
+    assert_eq!(info.tier, Some(weft::engine::Tier::Baseline));
+    let trap = reqwest::get(url(&host, "/f/trap")).await.unwrap();
+    assert_eq!(trap.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let endless = reqwest::get(url(&host, "/f/loop")).await.unwrap();
+    assert_eq!(endless.status(), StatusCode::GATEWAY_TIMEOUT);
+    host.shutdown().await;
+}

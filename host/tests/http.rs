@@ -338,3 +338,122 @@ async fn least_privilege_and_outbound_http_allow_list() {
     assert_eq!(allowed, "status: 200");
     host.shutdown().await;
 }
+
+async fn text(url: String) -> (StatusCode, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn fresh_instances_share_no_state_by_default() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
+    for _ in 0..3 {
+        assert_eq!(text(url(&host, "/f/count")).await.1, "1");
+    }
+}
+
+#[tokio::test]
+async fn reuse_serves_a_bounded_number_of_requests_per_instance_and_never_after_a_failure() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let limits = Limits {
+        requests_per_instance: 3,
+        timeout_ms: 500,
+        max_concurrency: 1,
+        ..Limits::default()
+    };
+    deploy(&host, "faults", "faults", limited("/f/...", limits)).await;
+    let count = || text(url(&host, "/f/count"));
+
+    // One instance serves three requests in turn (its counter survives), then a fresh one.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(count().await.1);
+    }
+    assert_eq!(seen, ["1", "2", "3", "1", "2"]);
+
+    // A trap ends the instance: the next request starts from a fresh one.
+    assert_eq!(
+        text(url(&host, "/f/trap")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(count().await.1, "1");
+    // So does a missed deadline, and the reused instance gets a fresh deadline each time.
+    assert_eq!(count().await.1, "2");
+    assert_eq!(
+        text(url(&host, "/f/loop")).await.0,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(count().await.1, "1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        count().await.1,
+        "2",
+        "a reused instance is not judged by an old deadline"
+    );
+    assert_eq!(
+        text(url(&host, "/f/slow?chunks=2&delay_ms=100")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn reused_instances_are_never_shared_by_concurrent_requests() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let limits = Limits {
+        requests_per_instance: 1000,
+        ..Limits::default()
+    };
+    deploy(&host, "faults", "faults", limited("/f/...", limits)).await;
+    // Slow requests in parallel each need an instance of their own; afterwards the
+    // instances are kept for the requests that follow.
+    let client = reqwest::Client::new();
+    let slow = (0..4).map(|_| {
+        client
+            .get(url(&host, "/f/slow?chunks=3&delay_ms=50"))
+            .send()
+    });
+    for response in futures::future::join_all(slow).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap();
+    }
+    let snapshot = host.deployments().snapshot();
+    let weft::router::Routed::Found(route) = snapshot.routes.lookup(&http::Method::GET, "/f/x")
+    else {
+        panic!("route /f/... missing");
+    };
+    // An instance goes back to the pool just after its last body chunk left.
+    for _ in 0..100 {
+        if route.deployment.instances.idle() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        (1..=4).contains(&route.deployment.instances.idle()),
+        "instances kept after the burst: {}",
+        route.deployment.instances.idle()
+    );
+    // Requests one after another take the same kept instance: its counter climbs.
+    let first = count_once(&client, &host).await;
+    for step in 1..=5 {
+        assert_eq!(count_once(&client, &host).await, first + step);
+    }
+}
+
+async fn count_once(client: &reqwest::Client, host: &weft::Host) -> u64 {
+    client
+        .get(url(host, "/f/count"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .parse()
+        .unwrap()
+}

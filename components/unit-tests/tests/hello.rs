@@ -28,3 +28,23 @@ async fn greets_with_the_configured_greeting_and_the_path() {
     );
     assert!(hi.events().is_empty(), "hello talks to nobody");
 }
+
+#[tokio::test]
+async fn echoes_the_body_of_other_methods_with_its_content_type() {
+    let hello = TestComponent::build_and_load(MANIFEST, "hello")
+        .await
+        .unwrap();
+    let json = format!("{{\"items\":[{}]}}", vec!["1"; 4000].join(","));
+    let request = http::Request::post("/hello/echo")
+        .header("content-type", "application/json")
+        .body(json.clone().into_bytes())
+        .unwrap();
+    let response = hello.http(request).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers["content-type"], "application/json");
+    assert_eq!(response.text(), json);
+
+    let response = hello.send("PUT", "/hello", "plain bytes").await;
+    assert_eq!(response.headers["content-type"], "application/octet-stream");
+    assert_eq!(response.text(), "plain bytes");
+}

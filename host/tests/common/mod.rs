@@ -68,10 +68,13 @@ pub fn wasm(name: &str) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{}: {e}; build it with `just build`", path.display()))
 }
 
-/// A host on ephemeral loopback ports with its own compile cache.
+/// A host on ephemeral loopback ports with its own compile cache. It compiles with
+/// Cranelift only, so no switch to optimized code happens in the middle of a test
+/// (`tiered_host` has the default Winch-first start).
 pub async fn start_host(cache: &Path) -> Host {
     init_logs();
     let config = HostConfig {
+        baseline_compiler: false,
         listen: "127.0.0.1:0".parse().expect("address"),
         admin_listen: "127.0.0.1:0".parse().expect("address"),
         cache_dir: Some(cache.to_path_buf()),
@@ -234,6 +237,7 @@ impl Drop for NatsServer {
 pub async fn start_host_on_nats(cache: &Path, nats: &NatsServer) -> Host {
     init_logs();
     let config = HostConfig {
+        baseline_compiler: false,
         listen: "127.0.0.1:0".parse().expect("address"),
         admin_listen: "127.0.0.1:0".parse().expect("address"),
         cache_dir: Some(cache.to_path_buf()),

@@ -1,0 +1,394 @@
+//! HTTP throughput and latency: weft against `wasmtime serve` and a native axum
+//! handler, the same request to each, interleaved round by round.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::load::{self, Load};
+use crate::procs::{self, Proc, Weft};
+use crate::report::{Better, Report, Target, median};
+use crate::{Settings, tools::Wasm};
+
+/// Requests one instance serves when the component opts into reuse.
+pub const REUSE: u32 = 1000;
+
+/// The manifest of the throughput host: each guest twice, fresh-instance and reuse.
+pub fn manifest(wasm: &Wasm) -> String {
+    let mut toml = String::from("name = \"bench\"\n");
+    for (name, path, route) in [
+        ("hello", &wasm.hello, "hello"),
+        ("js-hello", &wasm.js_hello, "js"),
+        ("py-hello", &wasm.py_hello, "py"),
+    ] {
+        for (suffix, reuse) in [("", 1), ("-reuse", REUSE)] {
+            toml += &format!(
+                "[components.{name}{suffix}]\nsource = \"{}\"\nroutes = [{{ path = \"/{route}{suffix}/...\" }}]\nlimits = {{ requests_per_instance = {reuse}, max_concurrency = 1024 }}\n",
+                path.display()
+            );
+        }
+    }
+    toml
+}
+
+struct Contestant<'a> {
+    label: &'a str,
+    url: String,
+}
+
+/// Medians per contestant, over `settings.rounds` interleaved rounds.
+struct Medians {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+fn interleave(
+    settings: &Settings,
+    contestants: &[Contestant],
+    script: Option<&Path>,
+) -> Result<Vec<Medians>> {
+    // One short warm-up each: connections, caches, the first instances.
+    for c in contestants {
+        load::wrk(&c.url, 1, script)?;
+    }
+    let mut runs: Vec<Vec<Load>> = contestants.iter().map(|_| Vec::new()).collect();
+    for round in 1..=settings.rounds {
+        for (c, runs) in contestants.iter().zip(&mut runs) {
+            let l = load::wrk(&c.url, settings.secs, script)?;
+            println!(
+                "    round {round}: {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms{}",
+                c.label,
+                l.rps,
+                l.p50_ms,
+                l.p99_ms,
+                if l.errors > 0 {
+                    format!("  ({} errors)", l.errors)
+                } else {
+                    String::new()
+                }
+            );
+            anyhow::ensure!(
+                l.errors == 0,
+                "{} answered {} requests with errors: see target/bench/logs",
+                c.label,
+                l.errors
+            );
+            runs.push(l);
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|r| Medians {
+            rps: median(r.iter().map(|l| l.rps).collect()),
+            p50: median(r.iter().map(|l| l.p50_ms).collect()),
+            p99: median(r.iter().map(|l| l.p99_ms).collect()),
+        })
+        .collect())
+}
+
+/// Hello world and the 16 KiB JSON echo, weft vs `wasmtime serve` vs native axum.
+pub fn small(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report) -> Result<()> {
+    let native = crate::native::serve_http()?;
+    let (_serve, serve_url) = start_serve("wasmtime-serve-hello", &wasm.hello)?;
+    let cmd = load::command_line(settings.secs, None);
+
+    println!("\nHTTP hello world ({}):", cmd);
+    let m = interleave(
+        settings,
+        &[
+            Contestant {
+                label: "native axum",
+                url: format!("{native}/hello"),
+            },
+            Contestant {
+                label: "wasmtime serve",
+                url: format!("{serve_url}/hello"),
+            },
+            Contestant {
+                label: "weft (fresh instance)",
+                url: format!("{}/hello/", weft.http),
+            },
+            Contestant {
+                label: "weft (reuse)",
+                url: format!("{}/hello-reuse/", weft.http),
+            },
+        ],
+        None,
+    )?;
+    let (native_m, serve_m, fresh, reuse) = (&m[0], &m[1], &m[2], &m[3]);
+    let s = "HTTP hello world";
+    report.add(
+        s,
+        "fresh instance per request: throughput",
+        "req/s",
+        fresh.rps,
+        "wasmtime serve",
+        serve_m.rps,
+        Better::Higher,
+        Target::ratio_at_least(2.0),
+        &cmd,
+    );
+    report.add(
+        s,
+        "fresh instance per request: p99 latency",
+        "ms",
+        fresh.p99,
+        "wasmtime serve",
+        serve_m.p99,
+        Better::Lower,
+        Target::ratio_at_most(1.0),
+        &cmd,
+    );
+    report.add(
+        s,
+        "fresh instance per request: p50 latency",
+        "ms",
+        fresh.p50,
+        "wasmtime serve",
+        serve_m.p50,
+        Better::Lower,
+        None,
+        &cmd,
+    );
+    report.add(
+        s,
+        "fresh instance per request: throughput",
+        "req/s",
+        fresh.rps,
+        "native axum",
+        native_m.rps,
+        Better::Higher,
+        None,
+        &cmd,
+    );
+    report.add(
+        s,
+        "instance reuse: throughput",
+        "req/s",
+        reuse.rps,
+        "native axum",
+        native_m.rps,
+        Better::Higher,
+        Target::ratio_at_least(0.6),
+        &cmd,
+    );
+    report.add(
+        s,
+        "instance reuse: p99 latency",
+        "ms",
+        reuse.p99,
+        "native axum",
+        native_m.p99,
+        Better::Lower,
+        None,
+        &cmd,
+    );
+    report.add(
+        s,
+        "(reference) wasmtime serve: throughput",
+        "req/s",
+        serve_m.rps,
+        "native axum",
+        native_m.rps,
+        Better::Higher,
+        None,
+        &cmd,
+    );
+
+    let dir = procs::work_dir();
+    let body = dir.join("echo-16k.json");
+    std::fs::write(&body, json_body(16 * 1024))?;
+    let script = load::post_script(&dir, &body)?;
+    let cmd = load::command_line(settings.secs, Some(&script));
+    println!("\nHTTP 16 KiB JSON echo ({}):", cmd);
+    let m = interleave(
+        settings,
+        &[
+            Contestant {
+                label: "native axum",
+                url: format!("{native}/echo"),
+            },
+            Contestant {
+                label: "wasmtime serve",
+                url: format!("{serve_url}/echo"),
+            },
+            Contestant {
+                label: "weft (fresh instance)",
+                url: format!("{}/hello/echo", weft.http),
+            },
+            Contestant {
+                label: "weft (reuse)",
+                url: format!("{}/hello-reuse/echo", weft.http),
+            },
+        ],
+        Some(&script),
+    )?;
+    let (native_m, serve_m, fresh, reuse) = (&m[0], &m[1], &m[2], &m[3]);
+    let s = "HTTP 16 KiB JSON echo";
+    report.add(
+        s,
+        "fresh instance per request: throughput",
+        "req/s",
+        fresh.rps,
+        "wasmtime serve",
+        serve_m.rps,
+        Better::Higher,
+        Target::ratio_at_least(2.0),
+        &cmd,
+    );
+    report.add(
+        s,
+        "fresh instance per request: p99 latency",
+        "ms",
+        fresh.p99,
+        "wasmtime serve",
+        serve_m.p99,
+        Better::Lower,
+        Target::ratio_at_most(1.0),
+        &cmd,
+    );
+    report.add(
+        s,
+        "fresh instance per request: throughput",
+        "req/s",
+        fresh.rps,
+        "native axum",
+        native_m.rps,
+        Better::Higher,
+        None,
+        &cmd,
+    );
+    report.add(
+        s,
+        "instance reuse: throughput",
+        "req/s",
+        reuse.rps,
+        "native axum",
+        native_m.rps,
+        Better::Higher,
+        Target::ratio_at_least(0.6),
+        &cmd,
+    );
+    report.add(
+        s,
+        "(reference) wasmtime serve: throughput",
+        "req/s",
+        serve_m.rps,
+        "native axum",
+        native_m.rps,
+        Better::Higher,
+        None,
+        &cmd,
+    );
+    Ok(())
+}
+
+/// The JavaScript and Python hello components, weft vs `wasmtime serve`.
+pub fn large(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report) -> Result<()> {
+    let cmd = load::command_line(settings.secs, None);
+    for (language, path, route) in [
+        ("JavaScript", &wasm.js_hello, "js"),
+        ("Python", &wasm.py_hello, "py"),
+    ] {
+        println!(
+            "\nHTTP hello world, {language} guest ({cmd}); wasmtime serve compiles it first..."
+        );
+        let (_serve, serve_url) = start_serve(&format!("wasmtime-serve-{route}"), path)?;
+        let m = interleave(
+            settings,
+            &[
+                Contestant {
+                    label: "wasmtime serve",
+                    url: format!("{serve_url}/"),
+                },
+                Contestant {
+                    label: "weft (fresh instance)",
+                    url: format!("{}/{route}/", weft.http),
+                },
+                Contestant {
+                    label: "weft (reuse)",
+                    url: format!("{}/{route}-reuse/", weft.http),
+                },
+            ],
+            None,
+        )?;
+        let (serve_m, fresh, reuse) = (&m[0], &m[1], &m[2]);
+        let s = format!("{language} guest (hello world)");
+        report.add(
+            &s,
+            "fresh instance per request: throughput",
+            "req/s",
+            fresh.rps,
+            "wasmtime serve",
+            serve_m.rps,
+            Better::Higher,
+            None,
+            &cmd,
+        );
+        report.add(
+            &s,
+            "fresh instance per request: p99 latency",
+            "ms",
+            fresh.p99,
+            "wasmtime serve",
+            serve_m.p99,
+            Better::Lower,
+            None,
+            &cmd,
+        );
+        report.add(
+            &s,
+            "instance reuse: throughput",
+            "req/s",
+            reuse.rps,
+            "wasmtime serve",
+            serve_m.rps,
+            Better::Higher,
+            Target::ratio_at_least(5.0),
+            &cmd,
+        );
+        report.add(
+            &s,
+            "instance reuse: p99 latency",
+            "ms",
+            reuse.p99,
+            "wasmtime serve",
+            serve_m.p99,
+            Better::Lower,
+            None,
+            &cmd,
+        );
+    }
+    Ok(())
+}
+
+/// Starts `wasmtime serve` and waits for its first answer (it compiles on start).
+pub fn start_serve(name: &str, wasm: &Path) -> Result<(Proc, String)> {
+    let (mut proc, url) = procs::wasmtime_serve(name, wasm)?;
+    procs::wait_until_ok(
+        &mut proc,
+        &format!("{url}/"),
+        std::time::Duration::from_secs(300),
+    )?;
+    Ok((proc, url))
+}
+
+/// A JSON document of exactly `len` bytes.
+pub fn json_body(len: usize) -> Vec<u8> {
+    let mut body = String::from("{\"items\":[");
+    let mut i = 0;
+    while body.len() + 16 < len {
+        if i > 0 {
+            body.push(',');
+        }
+        body += &format!("{}", i % 1000);
+        i += 1;
+    }
+    body += "],\"pad\":\"";
+    while body.len() + 2 < len {
+        body.push('x');
+    }
+    body += "\"}";
+    body.into_bytes()
+}

@@ -1,0 +1,240 @@
+//! Messaging request/reply through the responder component against a native responder
+//! doing the same work: on a real nats-server (weft in its own process) and on the
+//! embedded bus (weft in this process).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use weft::messaging::{Message, MessageBus};
+use weft::spec::{ComponentSpec, SubscriptionSpec};
+
+use crate::procs;
+use crate::report::{Better, Report, Target, median};
+use crate::{Settings, tools::Wasm};
+
+/// Requests in flight at once in the throughput run.
+const IN_FLIGHT: usize = 32;
+const PAYLOAD: &[u8] = b"ping";
+
+type Requester = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Bytes>> + Send + Sync>;
+
+/// Sequential requests for `secs`: p50 and p99 in milliseconds.
+async fn latency(request: &Requester, subject: &str, secs: u64) -> Result<(f64, f64)> {
+    let mut samples = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let start = Instant::now();
+        let reply = request(subject.to_string()).await?;
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+        if !reply.ends_with(PAYLOAD) {
+            bail!("unexpected reply on {subject}: {reply:?}");
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// `IN_FLIGHT` requesters for `secs`: replies per second.
+async fn throughput(request: &Requester, subject: &str, secs: u64) -> Result<f64> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (request, subject) = (request.clone(), subject.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0u64;
+            while Instant::now() < end {
+                request(subject.clone()).await?;
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs both contestants round by round and reports weft against the native one.
+async fn compare(
+    settings: &Settings,
+    backend: &str,
+    request: Requester,
+    report: &mut Report,
+) -> Result<()> {
+    let contestants = [
+        ("native responder", "bench.native.echo"),
+        ("weft component", "bench.wasm.echo"),
+    ];
+    for (_, subject) in contestants {
+        latency(&request, subject, 1).await?; // warm-up
+    }
+    let mut results: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
+    for round in 1..=settings.rounds {
+        for ((label, subject), r) in contestants.iter().zip(&mut results) {
+            let (p50, p99) = latency(&request, subject, settings.secs).await?;
+            let rate = throughput(&request, subject, settings.secs).await?;
+            println!(
+                "    round {round}: {label:<18} p50 {p50:.3} ms  p99 {p99:.3} ms  {rate:.0} msg/s"
+            );
+            r.0.push(p50);
+            r.1.push(p99);
+            r.2.push(rate);
+        }
+    }
+    let [native, weft] = results.map(|(a, b, c)| (median(a), median(b), median(c)));
+    let s = format!("Messaging request/reply ({backend})");
+    let cmd = format!(
+        "sequential requests for {}s; then {IN_FLIGHT} in flight for {}s",
+        settings.secs, settings.secs
+    );
+    report.add(
+        &s,
+        "p50 latency through a component",
+        "ms",
+        weft.0,
+        "native responder",
+        native.0,
+        Better::Lower,
+        Target::ratio_at_most(1.5),
+        &cmd,
+    );
+    report.add(
+        &s,
+        "p99 latency through a component",
+        "ms",
+        weft.1,
+        "native responder",
+        native.1,
+        Better::Lower,
+        Target::ratio_at_most(1.5),
+        &cmd,
+    );
+    report.add(
+        &s,
+        "throughput through a component",
+        "msg/s",
+        weft.2,
+        "native responder",
+        native.2,
+        Better::Higher,
+        None,
+        &cmd,
+    );
+    Ok(())
+}
+
+fn responder_spec() -> ComponentSpec {
+    ComponentSpec {
+        subscriptions: vec![SubscriptionSpec {
+            subject: "bench.wasm.>".into(),
+            queue_group: None,
+            broadcast: false,
+            max_in_flight: 64,
+        }],
+        ..ComponentSpec::default()
+    }
+}
+
+/// On a real nats-server, weft as its own process.
+pub fn nats(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()> {
+    println!("\nMessaging on nats-server:");
+    let (_server, url) = procs::nats_server()?;
+    let dir = procs::work_dir();
+    let manifest = dir.join("messaging.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"bench-messaging\"\n[components.responder]\nsource = \"{}\"\nsubscriptions = [{{ subject = \"bench.wasm.>\" }}]\n",
+            wasm.responder.display()
+        ),
+    )?;
+    let _weft = procs::weft_up(
+        "weft-messaging",
+        &manifest,
+        &dir.join("cache"),
+        &["--nats", &url],
+    )?;
+    crate::native::nats_responder(&url, "bench.native.echo")?;
+
+    let runtime = crate::native::runtime();
+    runtime.block_on(async {
+        let client = async_nats::connect(&url)
+            .await
+            .context("connecting the client")?;
+        let request: Requester = Arc::new(move |subject| {
+            let client = client.clone();
+            Box::pin(async move {
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    client.request(subject, Bytes::from_static(PAYLOAD)),
+                )
+                .await
+                .context("request timed out")??;
+                Ok(reply.payload)
+            })
+        });
+        compare(settings, "nats-server", request, report).await
+    })
+}
+
+/// On the embedded bus, weft in this process.
+pub fn embedded(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()> {
+    println!("\nMessaging on the embedded bus (in-process):");
+    let dir = procs::work_dir();
+    let runtime = crate::native::runtime();
+    runtime.block_on(async {
+        let data = tempfile::tempdir()?;
+        let config = weft::HostConfig {
+            listen: "127.0.0.1:0".parse()?,
+            admin_listen: "127.0.0.1:0".parse()?,
+            cache_dir: Some(dir.join("cache")),
+            data_dir: data.path().to_path_buf(),
+            ..weft::HostConfig::default()
+        };
+        let host = weft::Host::start(config).await?;
+        let wasm_bytes = std::fs::read(&wasm.responder)?;
+        host.deployments()
+            .deploy("responder", responder_spec(), wasm_bytes.into())
+            .await?;
+        let bus: Arc<dyn MessageBus> = host.deployments().backends().bus.clone();
+
+        let mut sub = bus
+            .subscribe("bench.native.echo".into(), Some("native".into()), 1024)
+            .await?;
+        let native_bus = bus.clone();
+        tokio::spawn(async move {
+            while let Some(message) = sub.messages.recv().await {
+                if let Some(reply_to) = message.reply_to {
+                    let mut body = b"-:".to_vec();
+                    body.extend_from_slice(&message.body);
+                    let reply = Message {
+                        subject: reply_to,
+                        body: body.into(),
+                        ..Message::default()
+                    };
+                    let _ = native_bus.publish(reply).await;
+                }
+            }
+        });
+
+        let request: Requester = Arc::new(move |subject| {
+            let bus = bus.clone();
+            Box::pin(async move {
+                let reply = bus
+                    .request(subject, Bytes::from_static(PAYLOAD), Duration::from_secs(5))
+                    .await?;
+                Ok(reply.body)
+            })
+        });
+        compare(settings, "embedded bus", request, report).await?;
+        host.shutdown().await;
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,61 @@
+//! The tools and components the suite runs. `host/benches/setup.sh` (run by
+//! `just bench`) installs and builds them; here they are only found.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::procs::repo_root;
+
+/// The pinned `wasmtime` CLI, installed by setup.sh into `target/bench-tools`.
+pub fn wasmtime() -> PathBuf {
+    repo_root().join("target/bench-tools/bin/wasmtime")
+}
+
+/// nats-server from PATH (setup.sh makes sure it is 2.10 or newer).
+pub fn nats_server() -> PathBuf {
+    std::env::var_os("WEFT_BENCH_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+/// The components under test.
+#[derive(Debug, Clone)]
+pub struct Wasm {
+    /// The Rust hello component (GET greets, POST echoes).
+    pub hello: PathBuf,
+    /// The Rust messaging responder.
+    pub responder: PathBuf,
+    /// The JavaScript hello component (componentize-js).
+    pub js_hello: PathBuf,
+    /// The Python hello component (componentize-py).
+    pub py_hello: PathBuf,
+}
+
+impl Wasm {
+    /// Finds every component, or says how to build the missing ones.
+    pub fn find() -> Result<Wasm> {
+        let root = repo_root().join("target/components");
+        let wasm = Wasm {
+            hello: root.join("wasm32-wasip2/release/hello.wasm"),
+            responder: root.join("wasm32-wasip2/release/responder.wasm"),
+            js_hello: root.join("js/js-hello.wasm"),
+            py_hello: root.join("py/py-hello.wasm"),
+        };
+        for path in [&wasm.hello, &wasm.responder, &wasm.js_hello, &wasm.py_hello] {
+            if !path.exists() {
+                bail!(
+                    "{} is missing: run `just bench`, which builds the components first",
+                    path.display()
+                );
+            }
+        }
+        if !wasmtime().exists() {
+            bail!(
+                "{} is missing: run `just bench`, which installs wasmtime-cli first",
+                wasmtime().display()
+            );
+        }
+        Ok(wasm)
+    }
+}
