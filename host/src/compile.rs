@@ -55,11 +55,7 @@ impl CompileCache {
         if let Some(hit) = self.cached(engine, digest) {
             return Ok(hit);
         }
-        let start = Instant::now();
-        let component = Component::new(engine, wasm)?;
-        let compiled = Compiled::Fresh {
-            ms: start.elapsed().as_millis() as u64,
-        };
+        let (component, compiled) = compile_fresh(engine, wasm)?;
         if let Some(path) = self.path(engine, digest)
             && let Err(e) = store(&component, &path)
         {
@@ -91,6 +87,17 @@ impl CompileCache {
             .as_ref()
             .map(|dir| dir.join(cache_file_name(engine, digest)))
     }
+}
+
+/// Compiles `wasm` without looking in or writing to any cache (for code that is
+/// replaced soon anyway, such as a deployment's first, Winch-compiled code).
+pub fn compile_fresh(engine: &Engine, wasm: &[u8]) -> Result<(Component, Compiled)> {
+    let start = Instant::now();
+    let component = Component::new(engine, wasm)?;
+    let compiled = Compiled::Fresh {
+        ms: start.elapsed().as_millis() as u64,
+    };
+    Ok((component, compiled))
 }
 
 fn cache_file_name(engine: &Engine, digest: &str) -> String {
