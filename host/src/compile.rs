@@ -89,8 +89,33 @@ impl CompileCache {
     }
 }
 
-/// Compiles `wasm` without looking in or writing to any cache (for code that is
-/// replaced soon anyway, such as a deployment's first, Winch-compiled code).
+impl CompileCache {
+    /// Compiles `wasm`, or loads an earlier result, like [`CompileCache::compile`], but
+    /// writes a new result to the cache on a thread of its own, so the caller (a
+    /// deployment's first, Winch-compiled code) does not wait for tens of MB to be written.
+    pub fn compile_store_later(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        digest: &str,
+    ) -> Result<(Component, Compiled)> {
+        if let Some(hit) = self.cached(engine, digest) {
+            return Ok(hit);
+        }
+        let (component, compiled) = compile_fresh(engine, wasm)?;
+        if let Some(path) = self.path(engine, digest) {
+            let component = component.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = store(&component, &path) {
+                    tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
+                }
+            });
+        }
+        Ok((component, compiled))
+    }
+}
+
+/// Compiles `wasm` without looking in or writing to any cache.
 pub fn compile_fresh(engine: &Engine, wasm: &[u8]) -> Result<(Component, Compiled)> {
     let start = Instant::now();
     let component = Component::new(engine, wasm)?;
@@ -120,7 +145,9 @@ fn store(component: &Component, path: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let bytes = component.serialize()?;
     // Write then rename, so a concurrent reader never sees half a file.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())

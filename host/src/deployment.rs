@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::compile::{CompileCache, Compiled, compile_fresh, digest};
+use crate::compile::{CompileCache, Compiled, digest};
 use crate::engine::{Compiler, Engines, Tier};
 use crate::instance::{HostState, InstancePool};
 use crate::keyvalue::KvStore;
@@ -148,19 +148,22 @@ impl Deployment {
         let (compiler, (component, compiled)) =
             match (cache.cached(&optimized.engine, &version), &engines.baseline) {
                 (Some(hit), _) => (optimized, hit),
-                // Winch code lives until Cranelift's is ready: not worth a cache entry
-                // (writing tens of MB would delay the first response).
-                (None, Some(baseline)) => match compile_fresh(&baseline.engine, wasm) {
-                    Ok(code) => (baseline, code),
-                    Err(e) => {
-                        // Winch lacks some proposals Cranelift has: not an error yet.
-                        tracing::info!(
-                            component = name,
-                            "Winch cannot compile it, using Cranelift: {e:#}"
-                        );
-                        (optimized, compile(optimized, cache, wasm, &version)?)
+                // Cached too (a host restarted before Cranelift finished starts on it
+                // again), but written in the background: writing tens of MB would
+                // delay the first response.
+                (None, Some(baseline)) => {
+                    match cache.compile_store_later(&baseline.engine, wasm, &version) {
+                        Ok(code) => (baseline, code),
+                        Err(e) => {
+                            // Winch lacks some proposals Cranelift has: not an error yet.
+                            tracing::info!(
+                                component = name,
+                                "Winch cannot compile it, using Cranelift: {e:#}"
+                            );
+                            (optimized, compile(optimized, cache, wasm, &version)?)
+                        }
                     }
-                },
+                }
                 (None, None) => (optimized, compile(optimized, cache, wasm, &version)?),
             };
         let deployed_at = SystemTime::now()

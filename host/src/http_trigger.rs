@@ -16,6 +16,7 @@ use serde_json::json;
 use wasmtime::Trap;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::deployment::Deployment;
 use crate::deployments::Deployments;
@@ -234,12 +235,23 @@ pub async fn dispatch(
             if exceeded.load(Ordering::Relaxed) {
                 return Err(HttpError::PayloadTooLarge { limit });
             }
-            Ok(response.map(|body| {
-                Body::new(GuardedBody {
-                    inner: body,
-                    failed: failed_midway,
-                })
-            }))
+            let (head, body) = response.into_parts();
+            match gather(body).await {
+                Gathered::Complete(bytes) if !failed_midway.load(Ordering::Acquire) => {
+                    Ok(Response::from_parts(head, Body::from(bytes)))
+                }
+                // The instance failed before finishing: the head is not sent yet, so
+                // the client gets a proper error instead of a broken body.
+                Gathered::Complete(_) | Gathered::Failed => failed(task).await,
+                Gathered::Streaming { pending, rest } => Ok(Response::from_parts(
+                    head,
+                    Body::new(GuardedBody {
+                        pending,
+                        inner: rest,
+                        failed: failed_midway,
+                    }),
+                )),
+            }
         }
         Ok(Ok(Err(code))) => {
             tracing::warn!(component = %deployment.name, version = %deployment.version, "guest answered with error code {code:?}");
@@ -308,10 +320,70 @@ pub(crate) fn one_line(error: &anyhow::Error) -> String {
         .join(" | ")
 }
 
-/// The response body from the guest: if the instance fails before finishing it, the
-/// client sees a broken body rather than a clean, truncated one.
+/// How long a response head waits for the rest of its body, and how much body it
+/// waits for. A guest sets the head before it writes the body; sending the head at once
+/// would cost one write (one packet) for the head and more for the body. Bodies that end
+/// within the window go out with the head in one write, with a Content-Length.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+const GATHER_MAX_BYTES: usize = 256 * 1024;
+
+enum Gathered {
+    /// The whole body.
+    Complete(Bytes),
+    /// Still going after the window or beyond the size: what came so far, and the rest.
+    Streaming {
+        pending: std::collections::VecDeque<Frame<Bytes>>,
+        rest: HyperOutgoingBody,
+    },
+    /// The body broke off with an error.
+    Failed,
+}
+
+/// Collects the guest's body for up to [`GATHER_WINDOW`] and [`GATHER_MAX_BYTES`].
+async fn gather(mut body: HyperOutgoingBody) -> Gathered {
+    use http_body_util::BodyExt;
+    let mut pending = std::collections::VecDeque::new();
+    let mut size = 0;
+    let window = tokio::time::sleep(GATHER_WINDOW);
+    tokio::pin!(window);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = &mut window => return Gathered::Streaming { pending, rest: body },
+        };
+        match frame {
+            None => {
+                let mut all = bytes::BytesMut::with_capacity(size);
+                for frame in pending {
+                    if let Ok(data) = frame.into_data() {
+                        all.extend_from_slice(&data);
+                    }
+                }
+                return Gathered::Complete(all.freeze());
+            }
+            Some(Ok(frame)) => {
+                let trailers = frame.is_trailers();
+                size += frame.data_ref().map_or(0, Bytes::len);
+                pending.push_back(frame);
+                if trailers || size > GATHER_MAX_BYTES {
+                    return Gathered::Streaming {
+                        pending,
+                        rest: body,
+                    };
+                }
+            }
+            Some(Err(_)) => return Gathered::Failed,
+        }
+    }
+}
+
+/// The response body from the guest, after what [`gather`] collected: if the instance
+/// fails before finishing it, the client sees a broken body rather than a clean,
+/// truncated one.
 struct GuardedBody {
-    inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+    pending: std::collections::VecDeque<Frame<Bytes>>,
+    inner: HyperOutgoingBody,
     failed: Arc<AtomicBool>,
 }
 
@@ -324,6 +396,9 @@ impl hyper::body::Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(frame) = this.pending.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) if this.failed.load(Ordering::Acquire) => {
                 Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
@@ -335,7 +410,9 @@ impl hyper::body::Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream() && !self.failed.load(Ordering::Acquire)
+        self.pending.is_empty()
+            && self.inner.is_end_stream()
+            && !self.failed.load(Ordering::Acquire)
     }
 }
 

@@ -457,3 +457,32 @@ async fn count_once(client: &reqwest::Client, host: &weft::Host) -> u64 {
         .parse()
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_body_finished_at_once_gets_a_content_length_and_a_slow_one_streams() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    deploy(&host, "hello", "hello", routes(&["/hello"])).await;
+    deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
+
+    let quick = reqwest::get(url(&host, "/hello")).await.unwrap();
+    let length = quick.headers()[reqwest::header::CONTENT_LENGTH].clone();
+    let body = quick.text().await.unwrap();
+    assert_eq!(length.to_str().unwrap(), body.len().to_string());
+
+    let slow = reqwest::get(url(&host, "/f/slow?chunks=3&delay_ms=50"))
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert!(
+        slow.headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .is_none()
+    );
+    assert_eq!(
+        slow.headers()[reqwest::header::TRANSFER_ENCODING],
+        "chunked",
+        "a body still being written streams"
+    );
+    assert!(!slow.text().await.unwrap().is_empty());
+}
