@@ -173,7 +173,7 @@ pub async fn dispatch(
     let task_deployment = deployment.clone();
     let failed_midway = Arc::new(AtomicBool::new(false));
     let task_failed = failed_midway.clone();
-    let task = tokio::spawn(async move {
+    let instance = Box::pin(async move {
         let _permit = permit;
         let (proxy, uses) = match warm {
             Some((proxy, uses)) => (Some(proxy), uses),
@@ -217,16 +217,45 @@ pub async fn dispatch(
         }
     });
 
-    let outcome = tokio::time::timeout_at(deadline.into(), receiver).await;
-    let failed = |task: tokio::task::JoinHandle<anyhow::Result<()>>| async move {
-        let error = match task.await {
-            Ok(Ok(())) => {
+    // Run the instance right here until it sets its response: most guests finish the
+    // whole body before this returns, and no task, no wake-up of another thread is
+    // needed. One still writing its body then gets a task of its own.
+    let (outcome, task) = {
+        let mut instance = RunToCompletion(Some(instance));
+        let mut finished = None;
+        let receive = tokio::time::timeout_at(deadline.into(), receiver);
+        tokio::pin!(receive);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                result = instance.running(), if finished.is_none() => {
+                    instance.0 = None;
+                    finished = Some(result);
+                }
+                outcome = &mut receive => break outcome,
+            }
+        };
+        let task = match (finished, instance.0.take()) {
+            (Some(result), _) => Instance::Finished(result),
+            (None, Some(running)) => Instance::Running(tokio::spawn(running)),
+            (None, None) => Instance::Finished(Err(anyhow::anyhow!("the instance vanished"))),
+        };
+        (outcome, task)
+    };
+    let failed = |task: Instance| async move {
+        let result = match task {
+            Instance::Finished(result) => result,
+            Instance::Running(task) => task
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the instance task failed: {e}"))),
+        };
+        let error = match result {
+            Ok(()) => {
                 let error = anyhow::anyhow!("the guest returned without setting a response");
                 log_failure(deployment, &error);
                 error
             }
-            Ok(Err(e)) => e,
-            Err(e) => anyhow::anyhow!("the instance task failed: {e}"),
+            Err(e) => e,
         };
         Err(classify(deployment, &error))
     };
@@ -265,13 +294,43 @@ pub async fn dispatch(
         }
         Ok(Err(_dropped)) => failed(task).await,
         Err(_elapsed) => {
-            task.abort();
+            if let Instance::Running(task) = task {
+                task.abort();
+            }
             log_failure(deployment, &Trap::Interrupt.into());
             Err(HttpError::Deadline {
                 component: deployment.name.clone(),
             })
         }
     }
+}
+
+/// The call into an instance while it runs on the request's own task. If the request
+/// is dropped (the client went away), the instance still runs to completion, on a task
+/// of its own, as it would had it been spawned from the start.
+struct RunToCompletion(Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>>);
+
+impl RunToCompletion {
+    async fn running(&mut self) -> anyhow::Result<()> {
+        match self.0.as_mut() {
+            Some(call) => call.await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for RunToCompletion {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            tokio::spawn(call);
+        }
+    }
+}
+
+/// An instance after its response head: done, or still writing its body in a task.
+enum Instance {
+    Finished(anyhow::Result<()>),
+    Running(tokio::task::JoinHandle<anyhow::Result<()>>),
 }
 
 /// What the client is told about a failed instance.

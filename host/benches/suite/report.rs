@@ -216,8 +216,10 @@ pub fn number(x: f64) -> String {
         format!("{x:.0}")
     } else if x >= 10.0 {
         format!("{x:.1}")
-    } else {
+    } else if x >= 1.0 {
         format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
     }
 }
 
