@@ -291,7 +291,7 @@ pub fn density(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<
         ms(serve_start),
         Better::Lower,
         None,
-        "as above, until `weft list` shows no Winch code",
+        "as above, until weft list shows no Winch code",
     );
     Ok(())
 }
