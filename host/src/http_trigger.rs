@@ -153,7 +153,7 @@ pub async fn dispatch(
         exceeded: exceeded.clone(),
     });
     // A kept instance if the component opted into reuse and one is idle, else a
-    // fresh store that the task instantiates.
+    // fresh store, instantiated below.
     let (mut store, warm) = match deployment.instances.take(deadline) {
         Some(warm) => (warm.store, Some((warm.proxy, warm.uses))),
         None => (new_store(deployment, deadline, None), None),
