@@ -45,21 +45,39 @@ impl CompileCache {
             .map(|d| d.join("weft"))
     }
 
-    /// Compiles `wasm`, or loads the result of an earlier compile.
+    /// Compiles `wasm`, or loads the result of an earlier compile. A new result is
+    /// written to the cache before this returns, or on a thread of its own with
+    /// [`Write::InBackground`] (for code a caller must not wait tens of MB of writing for).
     pub fn compile(
         &self,
         engine: &Engine,
         wasm: &[u8],
         digest: &str,
+        write: Write,
     ) -> Result<(Component, Compiled)> {
         if let Some(hit) = self.cached(engine, digest) {
             return Ok(hit);
         }
-        let (component, compiled) = compile_fresh(engine, wasm)?;
-        if let Some(path) = self.path(engine, digest)
-            && let Err(e) = store(&component, &path)
-        {
-            tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
+        let start = Instant::now();
+        let component = Component::new(engine, wasm)?;
+        let compiled = Compiled::Fresh {
+            ms: start.elapsed().as_millis() as u64,
+        };
+        if let Some(path) = self.path(engine, digest) {
+            let write_out = {
+                let component = component.clone();
+                move || {
+                    if let Err(e) = store(&component, &path) {
+                        tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
+                    }
+                }
+            };
+            match write {
+                Write::Now => write_out(),
+                Write::InBackground => {
+                    std::thread::spawn(write_out);
+                }
+            }
         }
         Ok((component, compiled))
     }
@@ -89,40 +107,13 @@ impl CompileCache {
     }
 }
 
-impl CompileCache {
-    /// Compiles `wasm`, or loads an earlier result, like [`CompileCache::compile`], but
-    /// writes a new result to the cache on a thread of its own, so the caller (a
-    /// deployment's first, Winch-compiled code) does not wait for tens of MB to be written.
-    pub fn compile_store_later(
-        &self,
-        engine: &Engine,
-        wasm: &[u8],
-        digest: &str,
-    ) -> Result<(Component, Compiled)> {
-        if let Some(hit) = self.cached(engine, digest) {
-            return Ok(hit);
-        }
-        let (component, compiled) = compile_fresh(engine, wasm)?;
-        if let Some(path) = self.path(engine, digest) {
-            let component = component.clone();
-            std::thread::spawn(move || {
-                if let Err(e) = store(&component, &path) {
-                    tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
-                }
-            });
-        }
-        Ok((component, compiled))
-    }
-}
-
-/// Compiles `wasm` without looking in or writing to any cache.
-pub fn compile_fresh(engine: &Engine, wasm: &[u8]) -> Result<(Component, Compiled)> {
-    let start = Instant::now();
-    let component = Component::new(engine, wasm)?;
-    let compiled = Compiled::Fresh {
-        ms: start.elapsed().as_millis() as u64,
-    };
-    Ok((component, compiled))
+/// When [`CompileCache::compile`] writes a new result to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Before returning: the next lookup finds it.
+    Now,
+    /// On a thread of its own.
+    InBackground,
 }
 
 fn cache_file_name(engine: &Engine, digest: &str) -> String {

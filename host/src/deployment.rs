@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::compile::{CompileCache, Compiled, digest};
+use crate::compile::{CompileCache, Compiled, Write, digest};
 use crate::engine::{Compiler, Engines, Tier};
 use crate::instance::{HostState, InstancePool};
 use crate::keyvalue::KvStore;
@@ -152,7 +152,7 @@ impl Deployment {
                 // again), but written in the background: writing tens of MB would
                 // delay the first response.
                 (None, Some(baseline)) => {
-                    match cache.compile_store_later(&baseline.engine, wasm, &version) {
+                    match cache.compile(&baseline.engine, wasm, &version, Write::InBackground) {
                         Ok(code) => (baseline, code),
                         Err(e) => {
                             // Winch lacks some proposals Cranelift has: not an error yet.
@@ -306,7 +306,7 @@ fn compile(
     version: &str,
 ) -> Result<(Component, Compiled), DeployError> {
     cache
-        .compile(&compiler.engine, wasm, version)
+        .compile(&compiler.engine, wasm, version, Write::Now)
         .map_err(|e| DeployError::Compile(format!("{e:#}")))
 }
 

@@ -138,15 +138,10 @@ impl Deployments {
     ) -> Result<bool, DeployError> {
         let name = deployment.name.as_str();
         let _writer = self.writer.lock().await;
-        let live = self.snapshot();
-        if let Some(expected) = replacing
-            && !live
-                .by_name
-                .get(name)
-                .is_some_and(|d| Arc::ptr_eq(d, expected))
-        {
+        if replacing.is_some_and(|expected| !self.is_live(expected)) {
             return Ok(false);
         }
+        let live = self.snapshot();
         check_routes(&live, name, &deployment.spec)?;
         // The new version joins its queue groups before the old one leaves, so a
         // stream of messages never finds nobody subscribed.
@@ -165,12 +160,7 @@ impl Deployments {
         let Ok(_turn) = self.tier_up.acquire().await else {
             return;
         };
-        let live = self.snapshot();
-        if !live
-            .by_name
-            .get(&baseline.name)
-            .is_some_and(|d| Arc::ptr_eq(d, &baseline))
-        {
+        if !self.is_live(&baseline) {
             return; // replaced or removed while waiting
         }
         let (engines, cache, current) =
@@ -196,6 +186,14 @@ impl Deployments {
             Ok(false) => {}
             Err(e) => tracing::warn!(component = %name, "keeps running on Winch code: {e}"),
         }
+    }
+
+    /// Whether `deployment` itself (not just its name) is what serves now.
+    fn is_live(&self, deployment: &Arc<Deployment>) -> bool {
+        self.snapshot()
+            .by_name
+            .get(&deployment.name)
+            .is_some_and(|d| Arc::ptr_eq(d, deployment))
     }
 
     /// Removes `name`; its routes answer 404 from now on, requests in flight finish.
