@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use wasmtime::component::Component;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::compile::{CompileCache, Compiled, Write, digest};
 use crate::engine::{Compiler, Engines, Tier};
@@ -17,7 +17,7 @@ use crate::instance::{HostState, InstancePool};
 use crate::keyvalue::KvStore;
 use crate::keyvalue::capability::KvGrant;
 use crate::messaging::MessageBus;
-use crate::messaging::capability::{MessagingGrant, MessagingHostPre};
+use crate::messaging::capability::{MessagingGrant, MessagingHost, MessagingHostPre};
 use crate::outbound_http::OutboundPolicy;
 use crate::spec::ComponentSpec;
 
@@ -77,8 +77,11 @@ pub struct Deployment {
     pub kv_grant: KvGrant,
     /// Admission control: one permit per running instance.
     pub concurrency: Arc<Semaphore>,
-    /// Instances kept for reuse (empty unless `limits.requests_per_instance` > 1).
-    pub instances: InstancePool,
+    /// Instances kept for the next HTTP request (empty unless
+    /// `limits.requests_per_instance` > 1).
+    pub instances: InstancePool<Proxy>,
+    /// The same for messages.
+    pub message_instances: InstancePool<MessagingHost>,
     /// When it went live (seconds since the Unix epoch).
     pub deployed_at: u64,
     /// How the code was obtained.
@@ -177,7 +180,8 @@ impl Deployment {
             messaging_grant: grant(backends.bus.clone(), name, &spec),
             kv_grant: kv_grant(backends.kv.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
-            instances: InstancePool::new(&spec.limits),
+            instances: http_pool(&spec),
+            message_instances: message_pool(&spec),
             spec,
             component: code.component,
             proxy: code.proxy,
@@ -235,7 +239,8 @@ impl Deployment {
             messaging_grant: grant(self.messaging_grant.bus.clone(), &self.name, &spec),
             kv_grant: kv_grant(self.kv_grant.store.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
-            instances: InstancePool::new(&spec.limits),
+            instances: http_pool(&spec),
+            message_instances: message_pool(&spec),
             spec,
             component: code.component,
             proxy: code.proxy,
@@ -317,6 +322,21 @@ pub struct Backends {
     pub bus: Arc<dyn MessageBus>,
     /// The key-value store (embedded or NATS).
     pub kv: Arc<dyn KvStore>,
+}
+
+/// Idle instances for HTTP: up to one per request the component may run at once.
+fn http_pool(spec: &ComponentSpec) -> InstancePool<Proxy> {
+    InstancePool::new(
+        spec.limits.requests_per_instance,
+        spec.limits.max_concurrency,
+    )
+}
+
+/// Idle instances for messages: up to one per message its subscriptions may have in
+/// flight.
+fn message_pool(spec: &ComponentSpec) -> InstancePool<MessagingHost> {
+    let in_flight = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
+    InstancePool::new(spec.limits.requests_per_instance, in_flight)
 }
 
 fn kv_grant(store: Arc<dyn KvStore>, spec: &ComponentSpec) -> KvGrant {

@@ -154,8 +154,8 @@ pub async fn dispatch(
     });
     // A kept instance if the component opted into reuse and one is idle, else a
     // fresh store, instantiated below.
-    let (mut store, warm) = match deployment.instances.take(deadline) {
-        Some(warm) => (warm.store, Some((warm.proxy, warm.uses))),
+    let (mut store, warm) = match deployment.instances.take(deadline, None) {
+        Some(warm) => (warm.store, Some((warm.exports, warm.uses))),
         None => (new_store(deployment, deadline, None), None),
     };
     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -203,7 +203,11 @@ pub async fn dispatch(
                 // The guest returned, so it has written all of its body: the instance
                 // is free for the next request (if the component reuses instances).
                 if task_deployment.instances.enabled() {
-                    task_deployment.instances.put(Warm { store, proxy, uses });
+                    task_deployment.instances.put(Warm {
+                        store,
+                        exports: proxy,
+                        uses,
+                    });
                 }
                 Ok(())
             }

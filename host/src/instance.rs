@@ -1,7 +1,7 @@
 //! Where a component is instantiated: the per-request `Store` with its WASI context,
 //! limits and deadline. Every request and message gets a fresh one, unless the
-//! component opted into reuse (`limits.requests_per_instance`): then [`InstancePool`]
-//! keeps instances that completed a request for the next one.
+//! component opted into reuse (`limits.requests_per_instance`): then an [`InstancePool`]
+//! keeps instances that completed a request (or a message) for the next one.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -106,44 +106,49 @@ pub fn new_store(
     store
 }
 
-/// An instance that completed a request and may serve another.
-pub struct Warm {
+/// An instance that completed a request (or message) and may serve another.
+pub struct Warm<E> {
     /// Its store, with the memory and globals the guest left behind.
     pub store: Store<HostState>,
-    /// Its `wasi:http/incoming-handler` export.
-    pub proxy: Proxy,
-    /// Requests it has served.
+    /// Its typed exports: `Proxy` for HTTP, `MessagingHost` for messages.
+    pub exports: E,
+    /// Calls it has served.
     pub uses: u32,
 }
 
-impl Warm {
-    /// Prepares the instance for its next call, which must end by `deadline`.
-    pub fn rearm(&mut self, deadline: Instant) {
-        self.store.data_mut().deadline = deadline;
+impl<E> Warm<E> {
+    /// Prepares the instance for its next call, which must end by `deadline` and may
+    /// always publish to `reply_to`.
+    fn rearm(&mut self, deadline: Instant, reply_to: Option<String>) {
+        let state = self.store.data_mut();
+        state.deadline = deadline;
+        state.messaging.set_reply_to(reply_to);
         self.store.set_epoch_deadline(1);
     }
 }
 
-/// The idle instances of one deployment that opted into reuse. Each is handed to one
-/// request at a time; an instance that failed in any way is never put back.
-pub struct InstancePool {
-    idle: Mutex<Vec<Warm>>,
-    /// Requests per instance (`limits.requests_per_instance`); 1 disables the pool.
+/// The idle instances of one deployment that opted into reuse, for one kind of call
+/// (HTTP requests or messages). Each is handed to one call at a time; an instance that
+/// failed in any way is never put back.
+pub struct InstancePool<E> {
+    idle: Mutex<Vec<Warm<E>>>,
+    /// Calls per instance (`limits.requests_per_instance`); 1 disables the pool.
     max_uses: u32,
     /// Idle instances kept at most; each holds a slot of the host's pooling allocator.
     max_idle: usize,
 }
 
-/// Upper bound on the idle instances one deployment keeps.
+/// Upper bound on the idle instances one deployment keeps per kind of call.
 const MAX_IDLE_PER_DEPLOYMENT: usize = 64;
 
-impl InstancePool {
-    /// A pool for a deployment with these limits.
-    pub fn new(limits: &crate::spec::Limits) -> InstancePool {
+impl<E> InstancePool<E> {
+    /// A pool reusing each instance `requests_per_instance` times, keeping at most
+    /// `concurrency` (capped at 64) idle.
+    pub fn new(requests_per_instance: u32, concurrency: u32) -> InstancePool<E> {
         InstancePool {
             idle: Mutex::new(Vec::new()),
-            max_uses: limits.requests_per_instance,
-            max_idle: (limits.max_concurrency as usize).min(MAX_IDLE_PER_DEPLOYMENT),
+            max_uses: requests_per_instance,
+            max_idle: (concurrency as usize).min(MAX_IDLE_PER_DEPLOYMENT),
         }
     }
 
@@ -152,19 +157,20 @@ impl InstancePool {
         self.max_uses > 1
     }
 
-    /// An idle instance, if there is one, rearmed for a call ending at `deadline`.
-    pub fn take(&self, deadline: Instant) -> Option<Warm> {
+    /// An idle instance, if there is one, rearmed for a call ending at `deadline`
+    /// (handling a message with `reply_to`, if any).
+    pub fn take(&self, deadline: Instant, reply_to: Option<String>) -> Option<Warm<E>> {
         if !self.enabled() {
             return None;
         }
         let mut warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        warm.rearm(deadline);
+        warm.rearm(deadline, reply_to);
         Some(warm)
     }
 
-    /// Returns an instance after a request it completed; dropped when it has served
-    /// its share or the pool is full.
-    pub fn put(&self, mut warm: Warm) {
+    /// Returns an instance after a call it completed; dropped when it has served its
+    /// share or the pool is full.
+    pub fn put(&self, mut warm: Warm<E>) {
         warm.uses += 1;
         if warm.uses >= self.max_uses {
             return;

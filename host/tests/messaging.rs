@@ -94,6 +94,7 @@ conformance!(
     guest_requests_tell_timeout_from_no_responders,
     queue_groups_share_and_broadcast_fans_out,
     redeploying_under_a_stream_loses_no_message,
+    reuse_keeps_instances_for_messages_but_never_after_a_trap,
 );
 
 async fn request_reply_with_wildcards(env: Env) {
@@ -108,6 +109,54 @@ async fn request_reply_with_wildcards(env: Env) {
     );
     let miss = env.request("svc.a.b.echo", "x").await.unwrap_err();
     assert!(matches!(miss, BusError::NoResponders(_)), "{miss:?}");
+    env.shutdown().await;
+}
+
+async fn reuse_keeps_instances_for_messages_but_never_after_a_trap(env: Env) {
+    let count = || async { text(&env.request("svc.count", "").await.unwrap()) };
+    // By default every message gets a fresh instance.
+    env.deploy("r", subscriber("svc.>")).await;
+    assert_eq!((count().await, count().await), ("1".into(), "1".into()));
+
+    // Opted in: one instance handles message after message, and each time it may
+    // answer that message's own reply subject. The guest replies before it returns,
+    // so wait until the instance is back in the pool before sending the next one.
+    let mut spec = subscriber("keep.>");
+    spec.limits.requests_per_instance = 100;
+    spec.subscriptions[0].max_in_flight = 1;
+    env.deploy("kept", spec).await;
+    let count = || async { text(&env.request("keep.count", "").await.unwrap()) };
+    let idle = || {
+        env.host.deployments().snapshot().by_name["kept"]
+            .message_instances
+            .idle()
+    };
+    let kept = || async {
+        for _ in 0..200 {
+            if idle() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the instance was not kept");
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(count().await);
+        kept().await;
+    }
+    assert_eq!(seen, ["1", "2", "3"]);
+    // A handler error is an answer, not a failure: the instance stays.
+    let failed = env.request("keep.fail", "").await.unwrap();
+    assert_eq!(failed.service_error(), Some("deliberate handler failure"));
+    kept().await;
+    assert_eq!(count().await, "5");
+    kept().await;
+    // A trap ends the instance: the next message starts from a fresh one.
+    let trapped = env.request("keep.trap", "").await.unwrap();
+    assert!(trapped.service_error().is_some());
+    assert_eq!(idle(), 0);
+    assert_eq!(count().await, "1");
     env.shutdown().await;
 }
 

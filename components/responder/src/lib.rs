@@ -6,7 +6,9 @@
 //! - `publish`: publishes the body to the subject named by the body's first line,
 //!   with the rest as payload, and replies `ok` or the error;
 //! - `call`: requests the subject named by the body and replies with the answer or error;
-//! - `record`: publishes `<INSTANCE>:<body>` to `seen.<subject>`.
+//! - `record`: publishes `<INSTANCE>:<body>` to `seen.<subject>`;
+//! - `count`: replies how many messages this instance has handled, this one included
+//!   (always 1 unless the component reuses instances).
 //!
 //! HTTP (the bridge): `POST /publish/<subject>` publishes the request body (202, or 403
 //! with the error); `POST /request/<subject>` requests with the body and answers with the
@@ -53,8 +55,12 @@ fn reply(to: &Option<String>, body: Vec<u8>) -> Result<(), String> {
     }
 }
 
+/// Messages this instance has handled.
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl MessageGuest for Responder {
     fn handle_message(msg: BrokerMessage) -> Result<(), String> {
+        let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let action = msg
             .subject
             .rsplit('.')
@@ -90,6 +96,7 @@ impl MessageGuest for Responder {
                 body: format!("{}:{text}", instance()).into_bytes(),
                 reply_to: None,
             }),
+            "count" => reply(&msg.reply_to, handled.to_string().into_bytes()),
             other => Err(format!("unknown action `{other}`")),
         }
     }

@@ -19,8 +19,8 @@ mod bindings {
     });
 }
 
-pub use bindings::MessagingHostPre;
 pub use bindings::wasmcloud::messaging::types::BrokerMessage;
+pub use bindings::{MessagingHost, MessagingHostPre};
 
 /// What one component may do on the bus: shared by all its instances.
 #[derive(Debug, Clone)]
@@ -45,6 +45,11 @@ impl MessagingCtx {
     /// State for an instance handling a message with `reply_to` (or an HTTP request: `None`).
     pub fn new(grant: MessagingGrant, reply_to: Option<String>) -> MessagingCtx {
         MessagingCtx { grant, reply_to }
+    }
+
+    /// The reply subject of the next message a reused instance handles.
+    pub fn set_reply_to(&mut self, reply_to: Option<String>) {
+        self.reply_to = reply_to;
     }
 
     fn check(&self, subject: &str) -> Result<(), String> {

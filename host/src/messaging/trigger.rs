@@ -1,6 +1,7 @@
 //! NATS flow, steps 1 to 4: one task per subscription pulls messages (admission: at most
-//! `max_in_flight` at once, then it stops pulling), runs each in a fresh instance,
-//! and answers a failed request with NATS service-error headers.
+//! `max_in_flight` at once, then it stops pulling), runs each in a fresh instance (or a
+//! kept one, if the component opted into reuse), and answers a failed request with
+//! NATS service-error headers.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::capability::BrokerMessage;
 use super::{Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery};
 use crate::deployment::{DeployError, Deployment};
-use crate::instance::{deadline_for, new_store, with_guest_stderr};
+use crate::instance::{Warm, deadline_for, new_store, with_guest_stderr};
 
 /// The live subscriptions of every deployment.
 #[derive(Debug)]
@@ -137,7 +138,6 @@ async fn serve(
     let _ = in_flight.acquire_many(max_in_flight).await;
 }
 
-/// Prepare a store, instantiate, call the handler, log the outcome, answer failures.
 /// How handling one message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -149,32 +149,61 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Prepare a store, instantiate, call the handler, log the outcome, answer failures.
-/// Also the in-process entry point of the component test harness.
+/// Take a kept instance or instantiate a fresh one, call the handler, log the outcome,
+/// answer failures. Also the in-process entry point of the component test harness.
 pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message) -> Outcome {
     let Some(pre) = &deployment.messaging else {
         return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
     };
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let deadline = deadline_for(deployment);
-    let mut store = new_store(deployment, deadline, message.reply_to.clone());
+    // A kept instance if the component opted into reuse and one is idle, else a fresh
+    // store, instantiated below.
+    let instances = &deployment.message_instances;
+    let (mut store, warm) = match instances.take(deadline, message.reply_to.clone()) {
+        Some(warm) => (warm.store, Some((warm.exports, warm.uses))),
+        None => (
+            new_store(deployment, deadline, message.reply_to.clone()),
+            None,
+        ),
+    };
     let guest_message = BrokerMessage {
         subject: message.subject.clone(),
         body: message.body.to_vec(),
         reply_to: message.reply_to.clone(),
     };
+    let (exports, uses) = match warm {
+        Some((exports, uses)) => (Some(exports), uses),
+        None => (None, 0),
+    };
     let call = async {
-        let instance = pre.instantiate_async(&mut store).await?;
-        instance
+        let exports = match exports {
+            Some(exports) => exports,
+            None => pre.instantiate_async(&mut store).await?,
+        };
+        let handled = exports
             .wasmcloud_messaging_handler()
             .call_handle_message(&mut store, &guest_message)
-            .await
+            .await?;
+        anyhow::Ok((exports, handled))
     };
     let outcome = match tokio::time::timeout_at(deadline.into(), call).await {
-        Ok(result) => result.map_err(anyhow::Error::from),
+        Ok(result) => result,
         Err(_) => Err(wasmtime::Trap::Interrupt.into()),
     }
-    .map_err(|error| with_guest_stderr(&store, error));
+    .map_err(|error| with_guest_stderr(&store, error))
+    .map(|(exports, handled)| {
+        // The handler returned (a handler error included): the instance is sound and
+        // free for the next message, if the component reuses instances.
+        if instances.enabled() {
+            instances.put(Warm {
+                store,
+                exports,
+                uses,
+            });
+        }
+        handled
+    });
     let (error, result) = match outcome {
         Ok(Ok(())) => return Outcome::Handled,
         Ok(Err(handler_error)) => {
