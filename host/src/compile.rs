@@ -15,6 +15,40 @@ pub fn digest(wasm: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(wasm)))
 }
 
+/// Runs `compile` (a Cranelift compile nobody waits for: a tier-up) on the host's
+/// background compile threads. They run at a lower CPU priority, and apart from the
+/// threads deploys compile on: a deploy, or a request, never queues behind the minutes
+/// of CPU that recompiling a few large guests can take.
+pub fn in_background<R: Send>(compile: impl FnOnce() -> R + Send) -> R {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("weft-background-compile-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .inspect_err(|e| {
+                tracing::warn!("no background compile threads, compiling in the foreground: {e}")
+            })
+            .ok()
+    });
+    match pool {
+        Some(pool) => pool.install(compile),
+        None => compile(),
+    }
+}
+
+/// Lowers the calling thread's CPU priority (its nice value) by 10.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread; on Linux a nice value is per thread.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::gettid();
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, now + 10);
+    }
+}
+
 /// How a component came to be compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,4 +176,26 @@ fn store(component: &Component, path: &Path) -> Result<()> {
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn background_compiles_run_on_their_own_lower_priority_threads() {
+        // SAFETY: reads the calling thread's nice value.
+        let nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let (here, name, there) = (
+            nice(),
+            std::thread::current().name().map(str::to_string),
+            super::in_background(|| (std::thread::current().name().map(str::to_string), nice())),
+        );
+        assert!(
+            there.0.unwrap().starts_with("weft-background-compile"),
+            "{name:?}"
+        );
+        assert_eq!(there.1, (here + 10).min(19));
+    }
 }

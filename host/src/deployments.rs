@@ -35,7 +35,8 @@ pub struct Deployed {
 pub struct Deployments {
     engines: Engines,
     cache: CompileCache,
-    /// One Cranelift recompile at a time, so tier-ups never crowd out serving.
+    /// One Cranelift recompile at a time, on the background compile threads, so
+    /// tier-ups never crowd out serving or other deploys.
     tier_up: tokio::sync::Semaphore,
     messaging: Arc<MessagingTrigger>,
     backends: Backends,
@@ -165,8 +166,10 @@ impl Deployments {
         }
         let (engines, cache, current) =
             (self.engines.clone(), self.cache.clone(), baseline.clone());
-        let optimized =
-            tokio::task::spawn_blocking(move || current.optimized(&engines, &cache, &wasm)).await;
+        let optimized = tokio::task::spawn_blocking(move || {
+            crate::compile::in_background(|| current.optimized(&engines, &cache, &wasm))
+        })
+        .await;
         let name = &baseline.name;
         let optimized = match optimized {
             Ok(Ok(optimized)) => Arc::new(optimized),

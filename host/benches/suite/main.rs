@@ -72,7 +72,12 @@ fn main() {
 
 fn run() -> Result<()> {
     let settings = Settings::from_args();
-    let wasm = tools::Wasm::find()?;
+    // Every section but messaging runs `wasmtime serve` as its reference.
+    let wasm = tools::Wasm::find(
+        ["http", "large", "deploy", "density"]
+            .iter()
+            .any(|s| settings.wants(s)),
+    )?;
     let started = Instant::now();
     std::fs::create_dir_all(procs::work_dir())?;
     let mut report = report::Report {

@@ -70,12 +70,13 @@ async fn compare(
 ) -> Result<()> {
     let contestants = [
         ("native responder", "bench.native.echo"),
-        ("weft component", "bench.wasm.echo"),
+        ("weft, fresh", "bench.wasm.echo"),
+        ("weft, reuse", "bench.kept.echo"),
     ];
     for (_, subject) in contestants {
         latency(&request, subject, 1).await?; // warm-up
     }
-    let mut results: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
+    let mut results: [(Vec<f64>, Vec<f64>, Vec<f64>); 3] = Default::default();
     for round in 1..=settings.rounds {
         for ((label, subject), r) in contestants.iter().zip(&mut results) {
             let (p50, p99) = latency(&request, subject, settings.secs).await?;
@@ -88,59 +89,69 @@ async fn compare(
             r.2.push(rate);
         }
     }
-    let [native, weft] = results.map(|(a, b, c)| (median(a), median(b), median(c)));
+    let [native, fresh, reused] = results.map(|(a, b, c)| (median(a), median(b), median(c)));
     let s = format!("Messaging request/reply ({backend})");
     let cmd = format!(
         "sequential requests for {}s; then {IN_FLIGHT} in flight for {}s",
         settings.secs, settings.secs
     );
-    report.add(
-        &s,
-        "p50 latency through a component",
-        "ms",
-        weft.0,
-        "native responder",
-        native.0,
-        Better::Lower,
-        Target::ratio_at_most(1.5),
-        &cmd,
-    );
-    report.add(
-        &s,
-        "p99 latency through a component",
-        "ms",
-        weft.1,
-        "native responder",
-        native.1,
-        Better::Lower,
-        Target::ratio_at_most(1.5),
-        &cmd,
-    );
-    report.add(
-        &s,
-        "throughput through a component",
-        "msg/s",
-        weft.2,
-        "native responder",
-        native.2,
-        Better::Higher,
-        None,
-        &cmd,
-    );
+    for (instances, weft) in [("fresh instance", fresh), ("instance reuse", reused)] {
+        report.add(
+            &s,
+            &format!("p50 latency through a component, {instances}"),
+            "ms",
+            weft.0,
+            "native responder",
+            native.0,
+            Better::Lower,
+            Target::ratio_at_most(1.5),
+            &cmd,
+        );
+        report.add(
+            &s,
+            &format!("p99 latency through a component, {instances}"),
+            "ms",
+            weft.1,
+            "native responder",
+            native.1,
+            Better::Lower,
+            Target::ratio_at_most(1.5),
+            &cmd,
+        );
+        report.add(
+            &s,
+            &format!("throughput through a component, {instances}"),
+            "msg/s",
+            weft.2,
+            "native responder",
+            native.2,
+            Better::Higher,
+            None,
+            &cmd,
+        );
+    }
     Ok(())
 }
 
-fn responder_spec() -> ComponentSpec {
-    ComponentSpec {
+/// The responder on `subject`, with a fresh instance per message or (`reuse`) kept ones.
+fn responder_spec(subject: &str, reuse: bool) -> ComponentSpec {
+    let mut spec = ComponentSpec {
         subscriptions: vec![SubscriptionSpec {
-            subject: "bench.wasm.>".into(),
+            subject: subject.into(),
             queue_group: None,
             broadcast: false,
             max_in_flight: 64,
         }],
         ..ComponentSpec::default()
+    };
+    if reuse {
+        spec.limits.requests_per_instance = REUSE;
     }
+    spec
 }
+
+/// Messages per instance for the reuse contestant.
+const REUSE: u32 = 10_000;
 
 /// On a real nats-server, weft as its own process.
 pub fn nats(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()> {
@@ -151,7 +162,10 @@ pub fn nats(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()>
     std::fs::write(
         &manifest,
         format!(
-            "name = \"bench-messaging\"\n[components.responder]\nsource = \"{}\"\nsubscriptions = [{{ subject = \"bench.wasm.>\" }}]\n",
+            "name = \"bench-messaging\"\n\
+             [components.responder]\nsource = \"{0}\"\nsubscriptions = [{{ subject = \"bench.wasm.>\" }}]\n\
+             [components.responder-kept]\nsource = \"{0}\"\nsubscriptions = [{{ subject = \"bench.kept.>\" }}]\n\
+             limits = {{ requests_per_instance = {REUSE} }}\n",
             wasm.responder.display()
         ),
     )?;
@@ -200,8 +214,20 @@ pub fn embedded(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result
         };
         let host = weft::Host::start(config).await?;
         let wasm_bytes = std::fs::read(&wasm.responder)?;
+        let wasm_bytes = bytes::Bytes::from(wasm_bytes);
         host.deployments()
-            .deploy("responder", responder_spec(), wasm_bytes.into())
+            .deploy(
+                "responder",
+                responder_spec("bench.wasm.>", false),
+                wasm_bytes.clone(),
+            )
+            .await?;
+        host.deployments()
+            .deploy(
+                "responder-kept",
+                responder_spec("bench.kept.>", true),
+                wasm_bytes,
+            )
             .await?;
         let bus: Arc<dyn MessageBus> = host.deployments().backends().bus.clone();
 

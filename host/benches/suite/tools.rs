@@ -1,4 +1,4 @@
-//! The tools and components the suite runs. `host/benches/setup.sh` (run by
+//! The tools and components the suite runs. `host/benches/run.sh` (run by
 //! `just bench`) installs and builds them; here they are only found.
 
 use std::path::PathBuf;
@@ -7,12 +7,12 @@ use anyhow::{Result, bail};
 
 use crate::procs::repo_root;
 
-/// The pinned `wasmtime` CLI, installed by setup.sh into `target/bench-tools`.
+/// The pinned `wasmtime` CLI, installed by run.sh into `target/bench-tools`.
 pub fn wasmtime() -> PathBuf {
     repo_root().join("target/bench-tools/bin/wasmtime")
 }
 
-/// nats-server from PATH (setup.sh makes sure it is 2.10 or newer).
+/// nats-server from PATH (run.sh makes sure it is 2.10 or newer).
 pub fn nats_server() -> PathBuf {
     std::env::var_os("WEFT_BENCH_NATS_SERVER")
         .map(PathBuf::from)
@@ -33,8 +33,9 @@ pub struct Wasm {
 }
 
 impl Wasm {
-    /// Finds every component, or says how to build the missing ones.
-    pub fn find() -> Result<Wasm> {
+    /// Finds every component (and `wasmtime` if `wasmtime_serve`), or says how to
+    /// build the missing ones.
+    pub fn find(wasmtime_serve: bool) -> Result<Wasm> {
         let root = repo_root().join("target/components");
         let wasm = Wasm {
             hello: root.join("wasm32-wasip2/release/hello.wasm"),
@@ -50,7 +51,7 @@ impl Wasm {
                 );
             }
         }
-        if !wasmtime().exists() {
+        if wasmtime_serve && !wasmtime().exists() {
             bail!(
                 "{} is missing: run `just bench`, which installs wasmtime-cli first",
                 wasmtime().display()
