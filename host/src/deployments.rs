@@ -212,6 +212,16 @@ impl Deployments {
         Ok(removed.info())
     }
 
+    /// Drops the kept instances (of components that reuse them) idle for `idle_for` or
+    /// longer; returns how many.
+    pub fn expire_idle_instances(&self, idle_for: std::time::Duration) -> usize {
+        self.snapshot()
+            .by_name
+            .values()
+            .map(|d| d.instances.expire(idle_for) + d.message_instances.expire(idle_for))
+            .sum()
+    }
+
     /// Everything live, by name.
     pub fn list(&self) -> Vec<DeploymentInfo> {
         self.snapshot().by_name.values().map(|d| d.info()).collect()

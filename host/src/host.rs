@@ -119,6 +119,7 @@ impl Host {
             })?;
         let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(expire_idle_instances(Arc::downgrade(&deployments)));
         let servers = vec![
             serve(
                 http,
@@ -169,6 +170,23 @@ impl Host {
                 "requests still in flight after {:?}; stopping anyway",
                 self.grace
             );
+        }
+    }
+}
+
+/// Every few seconds, drops the kept instances idle for longer than
+/// [`IDLE_INSTANCE_TTL`](crate::instance::IDLE_INSTANCE_TTL), until the host is gone.
+async fn expire_idle_instances(deployments: std::sync::Weak<Deployments>) {
+    let mut tick = tokio::time::interval(crate::instance::IDLE_INSTANCE_TTL / 6);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(deployments) = deployments.upgrade() else {
+            return;
+        };
+        let expired = deployments.expire_idle_instances(crate::instance::IDLE_INSTANCE_TTL);
+        if expired > 0 {
+            tracing::debug!("dropped {expired} idle instances");
         }
     }
 }

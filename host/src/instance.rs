@@ -130,7 +130,8 @@ impl<E> Warm<E> {
 /// (HTTP requests or messages). Each is handed to one call at a time; an instance that
 /// failed in any way is never put back.
 pub struct InstancePool<E> {
-    idle: Mutex<Vec<Warm<E>>>,
+    /// Oldest first, each with when it was put back.
+    idle: Mutex<Vec<(Instant, Warm<E>)>>,
     /// Calls per instance (`limits.requests_per_instance`); 1 disables the pool.
     max_uses: u32,
     /// Idle instances kept at most; each holds a slot of the host's pooling allocator.
@@ -139,6 +140,10 @@ pub struct InstancePool<E> {
 
 /// Upper bound on the idle instances one deployment keeps per kind of call.
 const MAX_IDLE_PER_DEPLOYMENT: usize = 64;
+
+/// How long an idle instance is kept: after a burst, the instances it left behind give
+/// their pooling slots and memory back once traffic is quiet (see `Host::start`).
+pub const IDLE_INSTANCE_TTL: Duration = Duration::from_secs(60);
 
 impl<E> InstancePool<E> {
     /// A pool reusing each instance `requests_per_instance` times, keeping at most
@@ -162,7 +167,7 @@ impl<E> InstancePool<E> {
         if !self.enabled() {
             return None;
         }
-        let mut warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        let (_, mut warm) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
         warm.rearm(deadline, reply_to);
         Some(warm)
     }
@@ -176,8 +181,16 @@ impl<E> InstancePool<E> {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
-            idle.push(warm);
+            idle.push((Instant::now(), warm));
         }
+    }
+
+    /// Drops the instances that have been idle for `idle_for` or longer; returns how many.
+    pub fn expire(&self, idle_for: Duration) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let before = idle.len();
+        idle.retain(|(since, _)| since.elapsed() < idle_for);
+        before - idle.len()
     }
 
     /// Idle instances right now.

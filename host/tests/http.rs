@@ -443,6 +443,20 @@ async fn reused_instances_are_never_shared_by_concurrent_requests() {
     for step in 1..=5 {
         assert_eq!(count_once(&client, &host).await, first + step);
     }
+    // Instances idle for too long are dropped (the host does this once a minute):
+    // the next request starts from a fresh one.
+    assert_eq!(
+        host.deployments()
+            .expire_idle_instances(Duration::from_secs(60)),
+        0
+    );
+    let kept = route.deployment.instances.idle();
+    assert_eq!(
+        host.deployments().expire_idle_instances(Duration::ZERO),
+        kept
+    );
+    assert_eq!(route.deployment.instances.idle(), 0);
+    assert_eq!(count_once(&client, &host).await, 1);
 }
 
 async fn count_once(client: &reqwest::Client, host: &weft::Host) -> u64 {
