@@ -128,7 +128,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Requests and messages were drained by then. What may still run is a background
+    // compile (a tier-up): not worth waiting for, the next start redoes it, and cache
+    // files are renamed into place whole or not at all.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
