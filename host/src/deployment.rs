@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use wasmtime::component::Component;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
-use crate::compile::{CompileCache, Compiled, Write, digest};
+use crate::compile::{CompileCache, Compiled, Write};
 use crate::engine::{Compiler, Engines, Tier};
 use crate::instance::{HostState, InstancePool};
 use crate::keyvalue::KvStore;
@@ -129,7 +129,8 @@ pub struct DeploymentInfo {
 }
 
 impl Deployment {
-    /// Validates, compiles (or loads from cache) and pre-instantiates `wasm`.
+    /// Validates, compiles (or loads from cache) and pre-instantiates `wasm`, whose
+    /// digest ([`crate::compile::digest`]) is `version`.
     ///
     /// Code already in the cache is used as it is. Otherwise, if the host has a
     /// baseline compiler, the component starts on Winch code and
@@ -142,11 +143,11 @@ impl Deployment {
         name: &str,
         spec: ComponentSpec,
         wasm: &[u8],
+        version: String,
     ) -> Result<Deployment, DeployError> {
         crate::spec::validate_name(name).map_err(DeployError::InvalidSpec)?;
         spec.validate().map_err(DeployError::InvalidSpec)?;
         check_is_component(wasm)?;
-        let version = digest(wasm);
         let optimized = &engines.optimized;
         let (compiler, (component, compiled)) =
             match (cache.cached(&optimized.engine, &version), &engines.baseline) {

@@ -108,10 +108,18 @@ impl Deployments {
                 let (engines, cache, owned_name) =
                     (self.engines.clone(), self.cache.clone(), name.to_string());
                 let backends = self.backends.clone();
-                let wasm = wasm.clone();
+                let (wasm, version) = (wasm.clone(), version.clone());
                 // Compiling is CPU-bound and can take seconds: keep it off the I/O threads.
                 tokio::task::spawn_blocking(move || {
-                    Deployment::prepare(&engines, &cache, &backends, &owned_name, spec, &wasm)
+                    Deployment::prepare(
+                        &engines,
+                        &cache,
+                        &backends,
+                        &owned_name,
+                        spec,
+                        &wasm,
+                        version,
+                    )
                 })
                 .await
                 .map_err(|e| DeployError::Compile(format!("compile task failed: {e}")))??

@@ -20,7 +20,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::deployment::Deployment;
 use crate::deployments::Deployments;
-use crate::instance::{Warm, deadline_for, new_store, with_guest_stderr};
+use crate::instance::{deadline_for, with_guest_stderr};
 use crate::router::Routed;
 
 /// The axum app that serves every HTTP route of every deployment.
@@ -154,10 +154,7 @@ pub async fn dispatch(
     });
     // A kept instance if the component opted into reuse and one is idle, else a
     // fresh store, instantiated below.
-    let (mut store, warm) = match deployment.instances.take(deadline, None) {
-        Some(warm) => (warm.store, Some((warm.exports, warm.uses))),
-        None => (new_store(deployment, deadline, None), None),
-    };
+    let (mut store, warm) = deployment.instances.take(deployment, deadline, None);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (wasi_request, out) = {
         let mut http = store.data_mut().http();
@@ -202,13 +199,7 @@ pub async fn dispatch(
             Ok(proxy) => {
                 // The guest returned, so it has written all of its body: the instance
                 // is free for the next request (if the component reuses instances).
-                if task_deployment.instances.enabled() {
-                    task_deployment.instances.put(Warm {
-                        store,
-                        exports: proxy,
-                        uses,
-                    });
-                }
+                task_deployment.instances.put(store, proxy, uses);
                 Ok(())
             }
             Err(error) => {

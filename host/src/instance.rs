@@ -106,13 +106,13 @@ pub fn new_store(
 }
 
 /// An instance that completed a request (or message) and may serve another.
-pub struct Warm<E> {
+struct Warm<E> {
     /// Its store, with the memory and globals the guest left behind.
-    pub store: Store<HostState>,
+    store: Store<HostState>,
     /// Its typed exports: `Proxy` for HTTP, `MessagingHost` for messages.
-    pub exports: E,
+    exports: E,
     /// Calls it has served.
-    pub uses: u32,
+    uses: u32,
 }
 
 impl<E> Warm<E> {
@@ -157,30 +157,49 @@ impl<E> InstancePool<E> {
     }
 
     /// Whether instances are reused at all.
-    pub fn enabled(&self) -> bool {
+    fn enabled(&self) -> bool {
         self.max_uses > 1
     }
 
-    /// An idle instance, if there is one, rearmed for a call ending at `deadline`
-    /// (handling a message with `reply_to`, if any).
-    pub fn take(&self, deadline: Instant, reply_to: Option<String>) -> Option<Warm<E>> {
-        if !self.enabled() {
-            return None;
+    /// The store for one call into `deployment`, which must end by `deadline` (handling
+    /// a message with `reply_to`, if any): a kept instance's, rearmed, with its exports
+    /// and the calls it has served; or, if the component does not reuse instances or
+    /// none is idle, a fresh store for the caller to instantiate.
+    pub fn take(
+        &self,
+        deployment: &Deployment,
+        deadline: Instant,
+        reply_to: Option<String>,
+    ) -> (Store<HostState>, Option<(E, u32)>) {
+        let kept = if self.enabled() {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        } else {
+            None
+        };
+        match kept {
+            Some((_, mut warm)) => {
+                warm.rearm(deadline, reply_to);
+                (warm.store, Some((warm.exports, warm.uses)))
+            }
+            None => (new_store(deployment, deadline, reply_to), None),
         }
-        let (_, mut warm) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-        warm.rearm(deadline, reply_to);
-        Some(warm)
     }
 
-    /// Returns an instance after a call it completed; dropped when it has served its
-    /// share or the pool is full.
-    pub fn put(&self, mut warm: Warm<E>) {
-        warm.uses += 1;
-        if warm.uses >= self.max_uses {
+    /// Returns an instance after a call it completed, having served `uses` calls before
+    /// it; dropped when it has served its share (always, without reuse) or the pool is
+    /// full.
+    pub fn put(&self, store: Store<HostState>, exports: E, uses: u32) {
+        let uses = uses + 1;
+        if uses >= self.max_uses {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.max_idle {
+            let warm = Warm {
+                store,
+                exports,
+                uses,
+            };
             idle.push((Instant::now(), warm));
         }
     }

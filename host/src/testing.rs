@@ -178,7 +178,16 @@ impl TestComponent {
         let cache = CompileCache::new(CompileCache::default_dir());
         let (engines, name_owned) = (engines.clone(), name.to_string());
         let deployment = tokio::task::spawn_blocking(move || {
-            Deployment::prepare(&engines, &cache, &backends, &name_owned, spec, &wasm)
+            let version = crate::compile::digest(&wasm);
+            Deployment::prepare(
+                &engines,
+                &cache,
+                &backends,
+                &name_owned,
+                spec,
+                &wasm,
+                version,
+            )
         })
         .await??;
         Ok(TestComponent {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::capability::BrokerMessage;
 use super::{Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery};
 use crate::deployment::{DeployError, Deployment};
-use crate::instance::{Warm, deadline_for, new_store, with_guest_stderr};
+use crate::instance::{deadline_for, with_guest_stderr};
 
 /// The live subscriptions of every deployment.
 #[derive(Debug)]
@@ -160,13 +160,7 @@ pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Mess
     // A kept instance if the component opted into reuse and one is idle, else a fresh
     // store, instantiated below.
     let instances = &deployment.message_instances;
-    let (mut store, warm) = match instances.take(deadline, message.reply_to.clone()) {
-        Some(warm) => (warm.store, Some((warm.exports, warm.uses))),
-        None => (
-            new_store(deployment, deadline, message.reply_to.clone()),
-            None,
-        ),
-    };
+    let (mut store, warm) = instances.take(deployment, deadline, message.reply_to.clone());
     let guest_message = BrokerMessage {
         subject: message.subject.clone(),
         body: message.body.to_vec(),
@@ -195,13 +189,7 @@ pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Mess
     .map(|(exports, handled)| {
         // The handler returned (a handler error included): the instance is sound and
         // free for the next message, if the component reuses instances.
-        if instances.enabled() {
-            instances.put(Warm {
-                store,
-                exports,
-                uses,
-            });
-        }
+        instances.put(store, exports, uses);
         handled
     });
     let (error, result) = match outcome {
