@@ -84,7 +84,7 @@ pub fn deploy_times(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Re
                     Duration::from_secs(300),
                 )?;
             // The cache is warm once Cranelift's code is in it.
-            wait_optimized(&weft.admin)?;
+            weft.wait_optimized()?;
             drop(weft);
             cold.push(ms(t_cold));
 
@@ -151,26 +151,6 @@ pub fn deploy_times(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Re
         );
     }
     Ok(())
-}
-
-/// Waits until no component on the host at `admin` runs on Winch code any more.
-fn wait_optimized(admin: &str) -> Result<()> {
-    let client = weft::admin_client::AdminClient::new(admin, None);
-    crate::native::runtime().block_on(async {
-        let start = Instant::now();
-        while client
-            .list()
-            .await?
-            .iter()
-            .any(|d| d.tier == Some(weft::engine::Tier::Baseline))
-        {
-            if start.elapsed() > Duration::from_secs(300) {
-                bail!("still on Winch code after 5 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
-    })
 }
 
 /// `count` distinct components (hello with a distinct custom section each) deployed on

@@ -100,6 +100,10 @@ fn run() -> Result<()> {
         println!("starting the weft host (compiles the guests once, then caches them)...");
         let weft = procs::weft_up("weft-throughput", &manifest, &dir.join("cache"), &[])
             .context("starting weft for the HTTP benchmarks")?;
+        // The large guests start on Winch code; their Cranelift compiles must not run
+        // beside the measurements (nor Winch code be measured).
+        println!("waiting for the Cranelift tier-up of the large guests...");
+        weft.wait_optimized()?;
         if settings.wants("http") {
             http::small(&settings, &wasm, &weft, &mut report)?;
         }

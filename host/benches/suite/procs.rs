@@ -93,6 +93,29 @@ pub struct Weft {
     pub admin: String,
 }
 
+impl Weft {
+    /// Waits until no component on this host runs on Winch code any more, so that what
+    /// is measured next is the steady state, with no tier-up compiling beside it.
+    pub fn wait_optimized(&self) -> Result<()> {
+        let client = weft::admin_client::AdminClient::new(&self.admin, None);
+        crate::native::runtime().block_on(async {
+            let start = Instant::now();
+            while client
+                .list()
+                .await?
+                .iter()
+                .any(|d| d.tier == Some(weft::engine::Tier::Baseline))
+            {
+                if start.elapsed() > Duration::from_secs(300) {
+                    bail!("still on Winch code after 5 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Starts `weft up MANIFEST` (release build, no build commands) on fresh ports with its
 /// compile cache in `cache`, and waits until its admin API answers.
 pub fn weft_up(name: &str, manifest: &Path, cache: &Path, extra: &[&str]) -> Result<Weft> {
