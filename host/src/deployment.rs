@@ -13,7 +13,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::compile::{CompileCache, Compiled, Write};
 use crate::engine::{Compiler, Engines, Tier};
-use crate::instance::{HostState, InstancePool};
+use crate::instance::{HostState, IdleBudget, InstancePool, deadline_for, new_store};
 use crate::keyvalue::KvStore;
 use crate::keyvalue::capability::KvGrant;
 use crate::messaging::MessageBus;
@@ -181,8 +181,8 @@ impl Deployment {
             messaging_grant: grant(backends.bus.clone(), name, &spec),
             kv_grant: kv_grant(backends.kv.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
-            instances: http_pool(&spec),
-            message_instances: message_pool(&spec),
+            instances: http_pool(&spec, &code.idle_budget),
+            message_instances: message_pool(&spec, &code.idle_budget),
             spec,
             component: code.component,
             proxy: code.proxy,
@@ -203,6 +203,7 @@ impl Deployment {
             component: self.component.clone(),
             proxy: self.proxy.clone(),
             messaging: self.messaging.clone(),
+            idle_budget: self.instances.budget().clone(),
         };
         Ok(self.rebuilt(spec, code, self.tier, self.compiled))
     }
@@ -240,8 +241,8 @@ impl Deployment {
             messaging_grant: grant(self.messaging_grant.bus.clone(), &self.name, &spec),
             kv_grant: kv_grant(self.kv_grant.store.clone(), &spec),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
-            instances: http_pool(&spec),
-            message_instances: message_pool(&spec),
+            instances: http_pool(&spec, &code.idle_budget),
+            message_instances: message_pool(&spec, &code.idle_budget),
             spec,
             component: code.component,
             proxy: code.proxy,
@@ -252,6 +253,41 @@ impl Deployment {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         }
+    }
+
+    /// Instantiates a spare HTTP instance in the background, if the pool wants one: the
+    /// instance a later request takes instead of instantiating on its own path.
+    pub fn prepare_http_spare(self: &Arc<Self>) {
+        if !self.instances.wants_spare() {
+            return;
+        }
+        let deployment = self.clone();
+        tokio::spawn(async move {
+            let mut store = new_store(&deployment, deadline_for(&deployment), None);
+            let spare = match &deployment.proxy {
+                Some(pre) => pre.instantiate_async(&mut store).await.ok(),
+                None => None,
+            };
+            let spare = spare.map(|exports| (store, exports));
+            deployment.instances.add_spare(spare);
+        });
+    }
+
+    /// The same for messages.
+    pub fn prepare_message_spare(self: &Arc<Self>) {
+        if !self.message_instances.wants_spare() {
+            return;
+        }
+        let deployment = self.clone();
+        tokio::spawn(async move {
+            let mut store = new_store(&deployment, deadline_for(&deployment), None);
+            let spare = match &deployment.messaging {
+                Some(pre) => pre.instantiate_async(&mut store).await.ok(),
+                None => None,
+            };
+            let spare = spare.map(|exports| (store, exports));
+            deployment.message_instances.add_spare(spare);
+        });
     }
 
     /// A snapshot for listings.
@@ -280,6 +316,8 @@ struct Code {
     component: Component,
     proxy: Option<ProxyPre<HostState>>,
     messaging: Option<MessagingHostPre<HostState>>,
+    /// The idle-instance budget of the engine the code is for.
+    idle_budget: Arc<IdleBudget>,
 }
 
 impl Code {
@@ -301,6 +339,7 @@ impl Code {
             component,
             proxy,
             messaging,
+            idle_budget: compiler.idle_budget.clone(),
         })
     }
 }
@@ -326,18 +365,19 @@ pub struct Backends {
 }
 
 /// Idle instances for HTTP: up to one per request the component may run at once.
-fn http_pool(spec: &ComponentSpec) -> InstancePool<Proxy> {
+fn http_pool(spec: &ComponentSpec, budget: &Arc<IdleBudget>) -> InstancePool<Proxy> {
     InstancePool::new(
         spec.limits.requests_per_instance,
         spec.limits.max_concurrency,
+        budget.clone(),
     )
 }
 
 /// Idle instances for messages: up to one per message its subscriptions may have in
 /// flight.
-fn message_pool(spec: &ComponentSpec) -> InstancePool<MessagingHost> {
+fn message_pool(spec: &ComponentSpec, budget: &Arc<IdleBudget>) -> InstancePool<MessagingHost> {
     let in_flight = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
-    InstancePool::new(spec.limits.requests_per_instance, in_flight)
+    InstancePool::new(spec.limits.requests_per_instance, in_flight, budget.clone())
 }
 
 fn kv_grant(store: Arc<dyn KvStore>, spec: &ComponentSpec) -> KvGrant {

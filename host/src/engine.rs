@@ -2,6 +2,7 @@
 //! start), the `Linker` every component is checked against, and the epoch ticker that
 //! enforces deadlines.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -11,7 +12,7 @@ use wasmtime::{
     RegallocAlgorithm, Strategy,
 };
 
-use crate::instance::HostState;
+use crate::instance::{HostState, IdleBudget};
 use crate::spec::MAX_MEMORY_MB;
 
 /// How often the epoch advances; the granularity of deadlines and of yielding.
@@ -37,6 +38,8 @@ pub struct Compiler {
     pub linker: Linker<HostState>,
     /// The compiler behind the engine.
     pub tier: Tier,
+    /// How many idle instances the deployments on this engine may keep together.
+    pub idle_budget: Arc<IdleBudget>,
 }
 
 /// A host's compilers: Cranelift always; Winch too where it runs (x86-64 with AVX).
@@ -59,6 +62,7 @@ impl Engines {
                 engine,
                 linker,
                 tier,
+                idle_budget: IdleBudget::for_engine(max_instances),
             })
         };
         let optimized = compiler(Tier::Optimized)?;

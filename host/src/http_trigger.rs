@@ -155,6 +155,7 @@ pub async fn dispatch(
     // A kept instance if the component opted into reuse and one is idle, else a
     // fresh store, instantiated below.
     let (mut store, warm) = deployment.instances.take(deployment, deadline, None);
+    deployment.prepare_http_spare();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (wasi_request, out) = {
         let mut http = store.data_mut().http();

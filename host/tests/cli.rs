@@ -79,6 +79,9 @@ fn up_serves_a_manifest_and_the_cli_manages_it() {
         ])
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
+        // Its own key-value store: a host running on this machine holds the default one.
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting weft up");

@@ -86,10 +86,11 @@ async fn most_specific_route_wins_and_methods_are_enforced() {
 }
 
 #[tokio::test]
-async fn every_request_gets_a_fresh_instance() {
+async fn every_request_gets_a_fresh_instance_instantiated_ahead_of_it() {
     let cache = tempfile::tempdir().unwrap();
     let host = start_host(cache.path()).await;
     deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
+    let faults = host.deployments().snapshot().by_name["faults"].clone();
     for _ in 0..5 {
         let body = reqwest::get(url(&host, "/f/count"))
             .await
@@ -98,7 +99,91 @@ async fn every_request_gets_a_fresh_instance() {
             .await
             .unwrap();
         assert_eq!(body, "1", "a global counter never sees an earlier request");
+        // The next request's instance is instantiated in the background (a spare,
+        // never called), so the request does not wait for it.
+        eventually("a spare instance", || faults.instances.idle() == 1).await;
     }
+    // Back-to-back requests may find one spare still being made: then another is
+    // started, and never more than two wait.
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let body = client.get(url(&host, "/f/count")).send().await.unwrap();
+        assert_eq!(body.text().await.unwrap(), "1");
+    }
+    eventually("spares ready", || faults.instances.idle() >= 1).await;
+    assert!(faults.instances.idle() <= weft::instance::SPARES);
+    // A trap spends the spare it ran on; the next request still gets a pristine one.
+    assert_eq!(
+        text(url(&host, "/f/trap")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(text(url(&host, "/f/count")).await.1, "1");
+    host.shutdown().await;
+}
+
+/// Polls `done` for up to 5 s.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "waited 5 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_instances_never_take_the_pooling_slots_requests_need() {
+    // 8 slots per engine: spares and kept instances may hold 2 of them together.
+    let cache = tempfile::tempdir().unwrap();
+    init_logs();
+    let host = weft::Host::start(weft::HostConfig {
+        baseline_compiler: false,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        cache_dir: Some(cache.path().to_path_buf()),
+        data_dir: cache.path().join("data"),
+        max_instances: 8,
+        ..weft::HostConfig::default()
+    })
+    .await
+    .unwrap();
+    let reuse = Limits {
+        requests_per_instance: 100,
+        ..Limits::default()
+    };
+    for (name, path, limits) in [
+        ("a", "/a/...", Limits::default()),
+        ("b", "/b/...", Limits::default()),
+        ("c", "/c/...", reuse),
+        ("d", "/d/...", reuse),
+    ] {
+        deploy(&host, name, "faults", limited(path, limits)).await;
+    }
+    let budget = host.deployments().snapshot().by_name["a"]
+        .instances
+        .budget()
+        .clone();
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        for path in ["/a/count", "/b/count", "/c/count", "/d/count"] {
+            let response = client.get(url(&host, path)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        assert!(budget.held() <= 2, "idle instances: {}", budget.held());
+    }
+    // With 2 slots idle at most, 6 requests at once still find a slot each.
+    let slow = (0..6).map(|i| {
+        let path = ["/a", "/b", "/c"][i % 3];
+        client
+            .get(url(&host, &format!("{path}/slow?chunks=2&delay_ms=100")))
+            .send()
+    });
+    for response in futures::future::join_all(slow).await {
+        assert_eq!(response.unwrap().status(), StatusCode::OK);
+    }
+    assert!(budget.held() <= 2, "idle instances: {}", budget.held());
     host.shutdown().await;
 }
 
@@ -342,16 +427,6 @@ async fn least_privilege_and_outbound_http_allow_list() {
 async fn text(url: String) -> (StatusCode, String) {
     let response = reqwest::get(url).await.unwrap();
     (response.status(), response.text().await.unwrap())
-}
-
-#[tokio::test]
-async fn fresh_instances_share_no_state_by_default() {
-    let cache = tempfile::tempdir().unwrap();
-    let host = start_host(cache.path()).await;
-    deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
-    for _ in 0..3 {
-        assert_eq!(text(url(&host, "/f/count")).await.1, "1");
-    }
 }
 
 #[tokio::test]

@@ -114,9 +114,21 @@ async fn request_reply_with_wildcards(env: Env) {
 
 async fn reuse_keeps_instances_for_messages_but_never_after_a_trap(env: Env) {
     let count = || async { text(&env.request("svc.count", "").await.unwrap()) };
-    // By default every message gets a fresh instance.
+    // By default every message gets an instance nobody has called; the next one is
+    // instantiated in the background (a spare) while the message is handled.
     env.deploy("r", subscriber("svc.>")).await;
-    assert_eq!((count().await, count().await), ("1".into(), "1".into()));
+    let fresh = env.host.deployments().snapshot().by_name["r"].clone();
+    for _ in 0..5 {
+        assert_eq!(count().await, "1");
+    }
+    for _ in 0..200 {
+        if fresh.message_instances.idle() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!((1..=weft::instance::SPARES).contains(&fresh.message_instances.idle()));
+    assert_eq!(count().await, "1", "a spare is as fresh as any instance");
 
     // Opted in: one instance handles message after message, and each time it may
     // answer that message's own reply subject. The guest replies before it returns,

@@ -151,7 +151,11 @@ pub enum Outcome {
 
 /// Take a kept instance or instantiate a fresh one, call the handler, log the outcome,
 /// answer failures. Also the in-process entry point of the component test harness.
-pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Message) -> Outcome {
+pub async fn handle(
+    deployment: &Arc<Deployment>,
+    bus: &dyn MessageBus,
+    message: Message,
+) -> Outcome {
     let Some(pre) = &deployment.messaging else {
         return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
     };
@@ -161,6 +165,7 @@ pub async fn handle(deployment: &Deployment, bus: &dyn MessageBus, message: Mess
     // store, instantiated below.
     let instances = &deployment.message_instances;
     let (mut store, warm) = instances.take(deployment, deadline, message.reply_to.clone());
+    deployment.prepare_message_spare();
     let guest_message = BrokerMessage {
         subject: message.subject.clone(),
         body: message.body.to_vec(),
