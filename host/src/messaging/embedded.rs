@@ -1,6 +1,7 @@
 //! The embedded bus: in-process, NATS subject semantics (wildcards, queue groups,
 //! request/reply, no responders). The default when no NATS server is configured.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,10 +24,8 @@ pub struct EmbeddedBus {
 
 #[derive(Debug, Default)]
 struct Inner {
-    subscriptions: Mutex<Vec<Sub>>,
+    subscriptions: Mutex<Subscriptions>,
     next_id: AtomicU64,
-    /// Rotates deliveries among the members of a queue group.
-    turns: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 #[derive(Debug)]
@@ -37,23 +36,57 @@ struct Sub {
     sender: mpsc::Sender<Message>,
 }
 
-impl EmbeddedBus {
-    /// A bus with no subscribers.
-    pub fn new() -> EmbeddedBus {
-        EmbeddedBus::default()
+/// Every subscription, indexed so that a message finds its subscribers without trying
+/// every pattern: a host with many components (and a reply inbox per request in
+/// flight) would otherwise match each message against all of them.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    /// Patterns without wildcards, by subject.
+    literal: HashMap<String, Vec<Sub>>,
+    /// Patterns with `*` or `>`, tried one by one.
+    wildcard: Vec<Sub>,
+    /// Rotates deliveries among the members of each queue group.
+    turns: HashMap<String, usize>,
+}
+
+fn has_wildcard(pattern: &str) -> bool {
+    pattern.split('.').any(|token| token == "*" || token == ">")
+}
+
+impl Subscriptions {
+    fn add(&mut self, sub: Sub) {
+        if has_wildcard(&sub.pattern) {
+            self.wildcard.push(sub);
+        } else {
+            self.literal
+                .entry(sub.pattern.clone())
+                .or_default()
+                .push(sub);
+        }
+    }
+
+    fn remove(&mut self, pattern: &str, id: u64) {
+        if has_wildcard(pattern) {
+            self.wildcard.retain(|s| s.id != id);
+        } else if let Some(subs) = self.literal.get_mut(pattern) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                self.literal.remove(pattern);
+            }
+        }
     }
 
     /// The senders that should receive a message on `subject`: every plain subscriber,
     /// and one member of each queue group (rotating).
-    fn recipients(&self, subject: &str) -> Vec<mpsc::Sender<Message>> {
-        let subs = self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let matching: Vec<&Sub> = subs
+    fn recipients(&mut self, subject: &str) -> Vec<mpsc::Sender<Message>> {
+        let literal = self.literal.get(subject).into_iter().flatten();
+        let wildcard = self
+            .wildcard
             .iter()
-            .filter(|s| !s.sender.is_closed() && subject_matches(&s.pattern, subject))
+            .filter(|s| subject_matches(&s.pattern, subject));
+        let matching: Vec<&Sub> = literal
+            .chain(wildcard)
+            .filter(|s| !s.sender.is_closed())
             .collect();
         let mut recipients: Vec<mpsc::Sender<Message>> = matching
             .iter()
@@ -66,17 +99,37 @@ impl EmbeddedBus {
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        let mut turns = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
         for group in groups {
             let members: Vec<&&Sub> = matching
                 .iter()
                 .filter(|s| s.queue_group.as_deref() == Some(group))
                 .collect();
-            let turn = turns.entry(group.to_string()).or_default();
+            let turn = match self.turns.get_mut(group) {
+                Some(turn) => turn,
+                None => self.turns.entry(group.to_string()).or_default(),
+            };
             recipients.push(members[*turn % members.len()].sender.clone());
             *turn = turn.wrapping_add(1);
         }
         recipients
+    }
+}
+
+impl EmbeddedBus {
+    /// A bus with no subscribers.
+    pub fn new() -> EmbeddedBus {
+        EmbeddedBus::default()
+    }
+
+    fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
+        self.inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recipients(&self, subject: &str) -> Vec<mpsc::Sender<Message>> {
+        self.subscriptions().recipients(subject)
     }
 }
 
@@ -144,24 +197,18 @@ impl MessageBus for EmbeddedBus {
             }
             let (sender, messages) = mpsc::channel(buffer.max(1));
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let sub = Sub {
+            let stop = Box::new(Unsubscribe {
+                bus: self.inner.clone(),
+                pattern: subject.clone(),
+                id,
+            });
+            self.subscriptions().add(Sub {
                 id,
                 pattern: subject,
                 queue_group,
                 sender,
-            };
-            self.inner
-                .subscriptions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(sub);
-            Ok(Subscription {
-                messages,
-                stop: Box::new(Unsubscribe {
-                    bus: self.inner.clone(),
-                    id,
-                }),
-            })
+            });
+            Ok(Subscription { messages, stop })
         }
         .boxed()
     }
@@ -174,26 +221,96 @@ impl MessageBus for EmbeddedBus {
 #[derive(Debug)]
 struct Unsubscribe {
     bus: Arc<Inner>,
+    pattern: String,
     id: u64,
 }
 
-impl StopDelivery for Unsubscribe {
-    fn stop(&self) -> BoxFuture<'static, ()> {
+impl Unsubscribe {
+    fn unsubscribe(&self) {
         self.bus
             .subscriptions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| s.id != self.id);
+            .remove(&self.pattern, self.id);
+    }
+}
+
+impl StopDelivery for Unsubscribe {
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        self.unsubscribe();
         async {}.boxed()
     }
 }
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        self.bus
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|s| s.id != self.id);
+        self.unsubscribe();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn received(sub: &mut Subscription) -> Vec<String> {
+        let mut subjects = Vec::new();
+        while let Ok(message) = sub.messages.try_recv() {
+            subjects.push(message.subject);
+        }
+        subjects
+    }
+
+    #[tokio::test]
+    async fn literal_and_wildcard_subscribers_both_receive_until_they_stop() {
+        let bus = EmbeddedBus::new();
+        let mut exact = bus.subscribe("a.b".into(), None, 8).await.unwrap();
+        let mut star = bus.subscribe("a.*".into(), None, 8).await.unwrap();
+        let mut rest = bus.subscribe("a.>".into(), None, 8).await.unwrap();
+        let mut other = bus.subscribe("a.c".into(), None, 8).await.unwrap();
+        for subject in ["a.b", "a.c", "a.b.c"] {
+            let message = Message {
+                subject: subject.into(),
+                ..Message::default()
+            };
+            bus.publish(message).await.unwrap();
+        }
+        assert_eq!(received(&mut exact).await, ["a.b"]);
+        assert_eq!(received(&mut star).await, ["a.b", "a.c"]);
+        assert_eq!(received(&mut rest).await, ["a.b", "a.c", "a.b.c"]);
+        assert_eq!(received(&mut other).await, ["a.c"]);
+
+        exact.stop.stop().await;
+        star.stop.stop().await;
+        let message = Message {
+            subject: "a.b".into(),
+            ..Message::default()
+        };
+        bus.publish(message).await.unwrap();
+        assert!(received(&mut exact).await.is_empty());
+        assert!(received(&mut star).await.is_empty());
+        assert_eq!(received(&mut rest).await, ["a.b"]);
+        let subscriptions = bus.subscriptions();
+        assert!(
+            !subscriptions.literal.contains_key("a.b"),
+            "emptied entries go"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_group_spans_literal_and_wildcard_members() {
+        let bus = EmbeddedBus::new();
+        let group = || Some("g".to_string());
+        let mut exact = bus.subscribe("q.x".into(), group(), 8).await.unwrap();
+        let mut star = bus.subscribe("q.*".into(), group(), 8).await.unwrap();
+        for _ in 0..4 {
+            let message = Message {
+                subject: "q.x".into(),
+                ..Message::default()
+            };
+            bus.publish(message).await.unwrap();
+        }
+        // One member per message, taking turns.
+        assert_eq!(received(&mut exact).await.len(), 2);
+        assert_eq!(received(&mut star).await.len(), 2);
     }
 }
