@@ -13,7 +13,7 @@ use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 
 use crate::compile::{CompileCache, Compiled, Write};
 use crate::engine::{Compiler, Engines, Tier};
-use crate::instance::{HostState, IdleBudget, InstancePool, deadline_for, new_store};
+use crate::instance::{HostState, IdleBudget, InstancePool, Pre, deadline_for, new_store};
 use crate::keyvalue::KvStore;
 use crate::keyvalue::capability::KvGrant;
 use crate::messaging::MessageBus;
@@ -258,35 +258,28 @@ impl Deployment {
     /// Instantiates a spare HTTP instance in the background, if the pool wants one: the
     /// instance a later request takes instead of instantiating on its own path.
     pub fn prepare_http_spare(self: &Arc<Self>) {
-        if !self.instances.wants_spare() {
-            return;
-        }
-        let deployment = self.clone();
-        tokio::spawn(async move {
-            let mut store = new_store(&deployment, deadline_for(&deployment), None);
-            let spare = match &deployment.proxy {
-                Some(pre) => pre.instantiate_async(&mut store).await.ok(),
-                None => None,
-            };
-            let spare = spare.map(|exports| (store, exports));
-            deployment.instances.add_spare(spare);
-        });
+        self.prepare_spare(|d| (&d.instances, d.proxy.as_ref()));
     }
 
     /// The same for messages.
     pub fn prepare_message_spare(self: &Arc<Self>) {
-        if !self.message_instances.wants_spare() {
+        self.prepare_spare(|d| (&d.message_instances, d.messaging.as_ref()));
+    }
+
+    /// `parts` picks the pool and the pre-linked component of one kind of call.
+    fn prepare_spare<P: Pre>(self: &Arc<Self>, parts: CallParts<P>) {
+        if !parts(self).0.wants_spare() {
             return;
         }
         let deployment = self.clone();
         tokio::spawn(async move {
+            let (pool, pre) = parts(&deployment);
             let mut store = new_store(&deployment, deadline_for(&deployment), None);
-            let spare = match &deployment.messaging {
-                Some(pre) => pre.instantiate_async(&mut store).await.ok(),
+            let spare = match pre {
+                Some(pre) => pre.instantiate(&mut store).await.ok(),
                 None => None,
             };
-            let spare = spare.map(|exports| (store, exports));
-            deployment.message_instances.add_spare(spare);
+            pool.add_spare(spare.map(|exports| (store, exports)));
         });
     }
 
@@ -310,6 +303,9 @@ impl Deployment {
         }
     }
 }
+
+/// A deployment's pool and pre-linked component for one kind of call.
+type CallParts<P> = fn(&Deployment) -> (&InstancePool<<P as Pre>::Exports>, Option<&P>);
 
 /// Compiled code with its imports resolved, on one engine.
 struct Code {

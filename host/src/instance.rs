@@ -8,15 +8,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::deployment::Deployment;
 use crate::guest_log::{GuestLog, Tail, tail_text};
 use crate::keyvalue::capability::{KeyValue, KvGrant};
-use crate::messaging::capability::MessagingCtx;
+use crate::messaging::capability::{MessagingCtx, MessagingHost, MessagingHostPre};
 use crate::outbound_http::OutboundPolicy;
 
 /// The data of one instance's `Store`.
@@ -105,6 +107,41 @@ pub fn new_store(
         }
     });
     store
+}
+
+/// A component with its imports resolved, instantiated for one kind of call:
+/// `ProxyPre` for HTTP requests, `MessagingHostPre` for messages.
+pub trait Pre: Send + Sync + 'static {
+    /// The typed exports of an instance.
+    type Exports: Send + 'static;
+
+    /// A new instance in `store`.
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<HostState>,
+    ) -> BoxFuture<'a, wasmtime::Result<Self::Exports>>;
+}
+
+impl Pre for ProxyPre<HostState> {
+    type Exports = Proxy;
+
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<HostState>,
+    ) -> BoxFuture<'a, wasmtime::Result<Proxy>> {
+        Box::pin(self.instantiate_async(store))
+    }
+}
+
+impl Pre for MessagingHostPre<HostState> {
+    type Exports = MessagingHost;
+
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<HostState>,
+    ) -> BoxFuture<'a, wasmtime::Result<MessagingHost>> {
+        Box::pin(self.instantiate_async(store))
+    }
 }
 
 /// An instance that completed a request (or message) and may serve another.
