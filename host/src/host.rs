@@ -45,6 +45,8 @@ pub struct HostConfig {
     /// Start components that are not in the compile cache on Winch code, then switch
     /// to Cranelift code in the background (quick deploys of large guests).
     pub baseline_compiler: bool,
+    /// How long a kept or spare instance may stay idle before it is dropped.
+    pub idle_instance_ttl: Duration,
 }
 
 impl Default for HostConfig {
@@ -59,6 +61,7 @@ impl Default for HostConfig {
             nats: None,
             data_dir: default_data_dir(),
             baseline_compiler: true,
+            idle_instance_ttl: crate::instance::IDLE_INSTANCE_TTL,
         }
     }
 }
@@ -119,7 +122,10 @@ impl Host {
             })?;
         let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(expire_idle_instances(Arc::downgrade(&deployments)));
+        tokio::spawn(expire_idle_instances(
+            Arc::downgrade(&deployments),
+            config.idle_instance_ttl,
+        ));
         let servers = vec![
             serve(
                 http,
@@ -174,17 +180,17 @@ impl Host {
     }
 }
 
-/// Every few seconds, drops the kept instances idle for longer than
-/// [`IDLE_INSTANCE_TTL`](crate::instance::IDLE_INSTANCE_TTL), until the host is gone.
-async fn expire_idle_instances(deployments: std::sync::Weak<Deployments>) {
-    let mut tick = tokio::time::interval(crate::instance::IDLE_INSTANCE_TTL / 6);
+/// Six times per `ttl`, drops the kept and spare instances idle for `ttl` or longer,
+/// until the host is gone.
+async fn expire_idle_instances(deployments: std::sync::Weak<Deployments>, ttl: Duration) {
+    let mut tick = tokio::time::interval(ttl / 6);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(deployments) = deployments.upgrade() else {
             return;
         };
-        let expired = deployments.expire_idle_instances(crate::instance::IDLE_INSTANCE_TTL);
+        let expired = deployments.expire_idle_instances(ttl);
         if expired > 0 {
             tracing::debug!("dropped {expired} idle instances");
         }

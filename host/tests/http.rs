@@ -430,6 +430,46 @@ async fn text(url: String) -> (StatusCode, String) {
 }
 
 #[tokio::test]
+async fn the_host_drops_instances_idle_for_longer_than_the_ttl() {
+    let cache = tempfile::tempdir().unwrap();
+    init_logs();
+    let host = weft::Host::start(weft::HostConfig {
+        baseline_compiler: false,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        cache_dir: Some(cache.path().to_path_buf()),
+        data_dir: cache.path().join("data"),
+        max_instances: 100,
+        idle_instance_ttl: Duration::from_millis(300),
+        ..weft::HostConfig::default()
+    })
+    .await
+    .unwrap();
+    let reuse = Limits {
+        requests_per_instance: 100,
+        ..Limits::default()
+    };
+    deploy(&host, "fresh", "faults", routes(&["/f/..."])).await;
+    deploy(&host, "kept", "faults", limited("/k/...", reuse)).await;
+    let live = host.deployments().snapshot();
+    let (fresh, kept) = (&live.by_name["fresh"], &live.by_name["kept"]);
+    assert_eq!(text(url(&host, "/f/count")).await.1, "1");
+    assert_eq!(text(url(&host, "/k/count")).await.1, "1");
+    eventually("a spare and a kept instance", || {
+        fresh.instances.idle() == 1 && kept.instances.idle() == 1
+    })
+    .await;
+    // Nothing asks for them: the host's own sweep drops both, and gives their budget back.
+    eventually("the sweep", || {
+        fresh.instances.idle() == 0 && kept.instances.idle() == 0
+    })
+    .await;
+    assert_eq!(fresh.instances.budget().held(), 0);
+    assert_eq!(text(url(&host, "/k/count")).await.1, "1", "a new instance");
+    host.shutdown().await;
+}
+
+#[tokio::test]
 async fn reuse_serves_a_bounded_number_of_requests_per_instance_and_never_after_a_failure() {
     let cache = tempfile::tempdir().unwrap();
     let host = start_host(cache.path()).await;
