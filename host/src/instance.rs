@@ -173,9 +173,9 @@ impl<E> Warm<E> {
 ///   any way is never put back.
 /// - Without reuse (the default), every call still gets an instance nobody has called,
 ///   but the pool keeps up to [`SPARES`] of them instantiated ahead of time, so the
-///   instantiation is not on the call's path (see [`Deployment::prepare_spare`]).
+///   instantiation is not on the call's path (see [`Deployment::prepare_http_spare`]).
 ///
-/// [`Deployment::prepare_spare`]: crate::deployment::Deployment::prepare_spare
+/// [`Deployment::prepare_http_spare`]: crate::deployment::Deployment::prepare_http_spare
 pub struct InstancePool<E> {
     /// Oldest first, each with when it was put back.
     idle: Mutex<Vec<(Instant, Warm<E>)>>,
