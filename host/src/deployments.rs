@@ -220,8 +220,8 @@ impl Deployments {
         Ok(removed.info())
     }
 
-    /// Drops the kept instances (of components that reuse them) idle for `idle_for` or
-    /// longer; returns how many.
+    /// Drops the idle instances (kept or spare) idle for `idle_for` or longer; returns
+    /// how many.
     pub fn expire_idle_instances(&self, idle_for: std::time::Duration) -> usize {
         self.snapshot()
             .by_name

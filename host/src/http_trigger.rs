@@ -152,8 +152,8 @@ pub async fn dispatch(
         remaining: limit,
         exceeded: exceeded.clone(),
     });
-    // A kept instance if the component opted into reuse and one is idle, else a
-    // fresh store, instantiated below.
+    // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
+    // store, instantiated below; then the next spare, if the pool wants one.
     let (mut store, warm) = deployment.instances.take(deployment, deadline, None);
     deployment.prepare_http_spare();
     let (sender, receiver) = tokio::sync::oneshot::channel();

@@ -137,18 +137,7 @@ async fn eventually(what: &str, done: impl Fn() -> bool) {
 async fn idle_instances_never_take_the_pooling_slots_requests_need() {
     // 8 slots per engine: spares and kept instances may hold 2 of them together.
     let cache = tempfile::tempdir().unwrap();
-    init_logs();
-    let host = weft::Host::start(weft::HostConfig {
-        baseline_compiler: false,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        cache_dir: Some(cache.path().to_path_buf()),
-        data_dir: cache.path().join("data"),
-        max_instances: 8,
-        ..weft::HostConfig::default()
-    })
-    .await
-    .unwrap();
+    let host = start_host_with(cache.path(), |config| config.max_instances = 8).await;
     let reuse = Limits {
         requests_per_instance: 100,
         ..Limits::default()
@@ -432,19 +421,10 @@ async fn text(url: String) -> (StatusCode, String) {
 #[tokio::test]
 async fn the_host_drops_instances_idle_for_longer_than_the_ttl() {
     let cache = tempfile::tempdir().unwrap();
-    init_logs();
-    let host = weft::Host::start(weft::HostConfig {
-        baseline_compiler: false,
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_listen: "127.0.0.1:0".parse().unwrap(),
-        cache_dir: Some(cache.path().to_path_buf()),
-        data_dir: cache.path().join("data"),
-        max_instances: 100,
-        idle_instance_ttl: Duration::from_millis(300),
-        ..weft::HostConfig::default()
+    let host = start_host_with(cache.path(), |config| {
+        config.idle_instance_ttl = Duration::from_millis(300);
     })
-    .await
-    .unwrap();
+    .await;
     let reuse = Limits {
         requests_per_instance: 100,
         ..Limits::default()

@@ -161,8 +161,8 @@ pub async fn handle(
     };
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let deadline = deadline_for(deployment);
-    // A kept instance if the component opted into reuse and one is idle, else a fresh
-    // store, instantiated below.
+    // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
+    // store, instantiated below; then the next spare, if the pool wants one.
     let instances = &deployment.message_instances;
     let (mut store, warm) = instances.take(deployment, deadline, message.reply_to.clone());
     deployment.prepare_message_spare();

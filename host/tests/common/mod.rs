@@ -72,8 +72,13 @@ pub fn wasm(name: &str) -> Vec<u8> {
 /// Cranelift only, so no switch to optimized code happens in the middle of a test
 /// (`tiered_host` has the default Winch-first start).
 pub async fn start_host(cache: &Path) -> Host {
+    start_host_with(cache, |_| {}).await
+}
+
+/// [`start_host`] with some settings changed by `configure`.
+pub async fn start_host_with(cache: &Path, configure: impl FnOnce(&mut HostConfig)) -> Host {
     init_logs();
-    let config = HostConfig {
+    let mut config = HostConfig {
         baseline_compiler: false,
         listen: "127.0.0.1:0".parse().expect("address"),
         admin_listen: "127.0.0.1:0".parse().expect("address"),
@@ -83,6 +88,7 @@ pub async fn start_host(cache: &Path) -> Host {
         shutdown_grace: Duration::from_secs(5),
         ..HostConfig::default()
     };
+    configure(&mut config);
     Host::start(config).await.expect("starting a host")
 }
 
