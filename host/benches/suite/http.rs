@@ -91,196 +91,68 @@ fn interleave(
 pub fn small(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report) -> Result<()> {
     let native = crate::native::serve_http()?;
     let (_serve, serve_url) = start_serve("wasmtime-serve-hello", &wasm.hello)?;
-    let cmd = load::command_line(settings.secs, None);
-
-    println!("\nHTTP hello world ({}):", cmd);
-    let m = interleave(
-        settings,
-        &[
-            Contestant {
-                label: "native axum",
-                url: format!("{native}/hello"),
-            },
-            Contestant {
-                label: "wasmtime serve",
-                url: format!("{serve_url}/hello"),
-            },
-            Contestant {
-                label: "weft (fresh instance)",
-                url: format!("{}/hello/", weft.http),
-            },
-            Contestant {
-                label: "weft (reuse)",
-                url: format!("{}/hello-reuse/", weft.http),
-            },
-        ],
-        None,
-    )?;
-    let (native_m, serve_m, fresh, reuse) = (&m[0], &m[1], &m[2], &m[3]);
-    let s = "HTTP hello world";
-    report.add(
-        s,
-        "fresh instance per request: throughput",
-        "req/s",
-        fresh.rps,
-        "wasmtime serve",
-        serve_m.rps,
-        Better::Higher,
-        Target::ratio_at_least(2.0),
-        &cmd,
-    );
-    report.add(
-        s,
-        "fresh instance per request: p99 latency",
-        "ms",
-        fresh.p99,
-        "wasmtime serve",
-        serve_m.p99,
-        Better::Lower,
-        Target::ratio_at_most(1.0),
-        &cmd,
-    );
-    report.add(
-        s,
-        "fresh instance per request: p50 latency",
-        "ms",
-        fresh.p50,
-        "wasmtime serve",
-        serve_m.p50,
-        Better::Lower,
-        None,
-        &cmd,
-    );
-    report.add(
-        s,
-        "fresh instance per request: throughput",
-        "req/s",
-        fresh.rps,
-        "native axum",
-        native_m.rps,
-        Better::Higher,
-        None,
-        &cmd,
-    );
-    report.add(
-        s,
-        "instance reuse: throughput",
-        "req/s",
-        reuse.rps,
-        "native axum",
-        native_m.rps,
-        Better::Higher,
-        Target::ratio_at_least(0.6),
-        &cmd,
-    );
-    report.add(
-        s,
-        "instance reuse: p99 latency",
-        "ms",
-        reuse.p99,
-        "native axum",
-        native_m.p99,
-        Better::Lower,
-        None,
-        &cmd,
-    );
-    report.add(
-        s,
-        "(reference) wasmtime serve: throughput",
-        "req/s",
-        serve_m.rps,
-        "native axum",
-        native_m.rps,
-        Better::Higher,
-        None,
-        &cmd,
-    );
+    let hello = [
+        format!("{native}/hello"),
+        format!("{serve_url}/hello"),
+        format!("{}/hello/", weft.http),
+        format!("{}/hello-reuse/", weft.http),
+    ];
+    small_case(settings, report, "HTTP hello world", hello, None)?;
 
     let dir = procs::work_dir();
     let body = dir.join("echo-16k.json");
     std::fs::write(&body, json_body(16 * 1024))?;
     let script = load::post_script(&dir, &body)?;
-    let cmd = load::command_line(settings.secs, Some(&script));
-    println!("\nHTTP 16 KiB JSON echo ({}):", cmd);
-    let m = interleave(
+    let echo = [
+        format!("{native}/echo"),
+        format!("{serve_url}/echo"),
+        format!("{}/hello/echo", weft.http),
+        format!("{}/hello-reuse/echo", weft.http),
+    ];
+    small_case(
         settings,
-        &[
-            Contestant {
-                label: "native axum",
-                url: format!("{native}/echo"),
-            },
-            Contestant {
-                label: "wasmtime serve",
-                url: format!("{serve_url}/echo"),
-            },
-            Contestant {
-                label: "weft (fresh instance)",
-                url: format!("{}/hello/echo", weft.http),
-            },
-            Contestant {
-                label: "weft (reuse)",
-                url: format!("{}/hello-reuse/echo", weft.http),
-            },
-        ],
+        report,
+        "HTTP 16 KiB JSON echo",
+        echo,
         Some(&script),
-    )?;
-    let (native_m, serve_m, fresh, reuse) = (&m[0], &m[1], &m[2], &m[3]);
-    let s = "HTTP 16 KiB JSON echo";
-    report.add(
-        s,
-        "fresh instance per request: throughput",
-        "req/s",
-        fresh.rps,
+    )
+}
+
+/// One request shape against native axum, `wasmtime serve`, weft with fresh instances
+/// and weft with reuse (`urls` in that order), sent with `script` if any.
+fn small_case(
+    settings: &Settings,
+    report: &mut Report,
+    section: &str,
+    urls: [String; 4],
+    script: Option<&Path>,
+) -> Result<()> {
+    let cmd = load::command_line(settings.secs, script);
+    println!("\n{section} ({cmd}):");
+    let labels = [
+        "native axum",
         "wasmtime serve",
-        serve_m.rps,
-        Better::Higher,
-        Target::ratio_at_least(2.0),
-        &cmd,
-    );
-    report.add(
-        s,
-        "fresh instance per request: p99 latency",
-        "ms",
-        fresh.p99,
-        "wasmtime serve",
-        serve_m.p99,
-        Better::Lower,
-        Target::ratio_at_most(1.0),
-        &cmd,
-    );
-    report.add(
-        s,
-        "fresh instance per request: throughput",
-        "req/s",
-        fresh.rps,
-        "native axum",
-        native_m.rps,
-        Better::Higher,
-        None,
-        &cmd,
-    );
-    report.add(
-        s,
-        "instance reuse: throughput",
-        "req/s",
-        reuse.rps,
-        "native axum",
-        native_m.rps,
-        Better::Higher,
-        Target::ratio_at_least(0.6),
-        &cmd,
-    );
-    report.add(
-        s,
-        "(reference) wasmtime serve: throughput",
-        "req/s",
-        serve_m.rps,
-        "native axum",
-        native_m.rps,
-        Better::Higher,
-        None,
-        &cmd,
-    );
+        "weft (fresh instance)",
+        "weft (reuse)",
+    ];
+    let contestants: Vec<Contestant> = labels
+        .into_iter()
+        .zip(urls)
+        .map(|(label, url)| Contestant { label, url })
+        .collect();
+    let m = interleave(settings, &contestants, script)?;
+    let (native, serve, fresh, reuse) = (&m[0], &m[1], &m[2], &m[3]);
+    let (higher, lower) = (Better::Higher, Better::Lower);
+    #[rustfmt::skip]
+    report.add_rows(section, &cmd, &[
+        ("fresh instance per request: throughput", "req/s", fresh.rps, "wasmtime serve", serve.rps, higher, Target::ratio_at_least(2.0)),
+        ("fresh instance per request: p99 latency", "ms", fresh.p99, "wasmtime serve", serve.p99, lower, Target::ratio_at_most(1.0)),
+        ("fresh instance per request: p50 latency", "ms", fresh.p50, "wasmtime serve", serve.p50, lower, None),
+        ("fresh instance per request: throughput", "req/s", fresh.rps, "native axum", native.rps, higher, None),
+        ("instance reuse: throughput", "req/s", reuse.rps, "native axum", native.rps, higher, Target::ratio_at_least(0.6)),
+        ("instance reuse: p99 latency", "ms", reuse.p99, "native axum", native.p99, lower, None),
+        ("(reference) wasmtime serve: throughput", "req/s", serve.rps, "native axum", native.rps, higher, None),
+    ]);
     Ok(())
 }
 
@@ -313,52 +185,15 @@ pub fn large(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report)
             ],
             None,
         )?;
-        let (serve_m, fresh, reuse) = (&m[0], &m[1], &m[2]);
-        let s = format!("{language} guest (hello world)");
-        report.add(
-            &s,
-            "fresh instance per request: throughput",
-            "req/s",
-            fresh.rps,
-            "wasmtime serve",
-            serve_m.rps,
-            Better::Higher,
-            None,
-            &cmd,
-        );
-        report.add(
-            &s,
-            "fresh instance per request: p99 latency",
-            "ms",
-            fresh.p99,
-            "wasmtime serve",
-            serve_m.p99,
-            Better::Lower,
-            None,
-            &cmd,
-        );
-        report.add(
-            &s,
-            "instance reuse: throughput",
-            "req/s",
-            reuse.rps,
-            "wasmtime serve",
-            serve_m.rps,
-            Better::Higher,
-            Target::ratio_at_least(5.0),
-            &cmd,
-        );
-        report.add(
-            &s,
-            "instance reuse: p99 latency",
-            "ms",
-            reuse.p99,
-            "wasmtime serve",
-            serve_m.p99,
-            Better::Lower,
-            None,
-            &cmd,
-        );
+        let (serve, fresh, reuse) = (&m[0], &m[1], &m[2]);
+        let (higher, lower) = (Better::Higher, Better::Lower);
+        #[rustfmt::skip]
+        report.add_rows(&format!("{language} guest (hello world)"), &cmd, &[
+            ("fresh instance per request: throughput", "req/s", fresh.rps, "wasmtime serve", serve.rps, higher, None),
+            ("fresh instance per request: p99 latency", "ms", fresh.p99, "wasmtime serve", serve.p99, lower, None),
+            ("instance reuse: throughput", "req/s", reuse.rps, "wasmtime serve", serve.rps, higher, Target::ratio_at_least(5.0)),
+            ("instance reuse: p99 latency", "ms", reuse.p99, "wasmtime serve", serve.p99, lower, None),
+        ]);
     }
     Ok(())
 }

@@ -12,8 +12,8 @@
 //! tools and builds the components first.
 //!
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
-//! to target/bench), `--only SECTION,...` with sections `http`, `large`, `messaging`,
-//! `deploy`, `density`.
+//! to target/bench), `--only SECTION,...` with sections `http`, `large`, `messaging`
+//! (or one of its halves: `messaging-nats`, `messaging-embedded`), `deploy`, `density`.
 
 mod deploy;
 mod http;
@@ -111,8 +111,10 @@ fn run() -> Result<()> {
             http::large(&settings, &wasm, &weft, &mut report)?;
         }
     }
-    if settings.wants("messaging") {
+    if settings.wants("messaging") || settings.wants("messaging-nats") {
         messaging::nats(&settings, &wasm, &mut report)?;
+    }
+    if settings.wants("messaging") || settings.wants("messaging-embedded") {
         messaging::embedded(&settings, &wasm, &mut report)?;
     }
     if settings.wants("deploy") {

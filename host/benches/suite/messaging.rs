@@ -96,39 +96,15 @@ async fn compare(
         settings.secs, settings.secs
     );
     for (instances, weft) in [("fresh instance", fresh), ("instance reuse", reused)] {
-        report.add(
-            &s,
-            &format!("p50 latency through a component, {instances}"),
-            "ms",
-            weft.0,
-            "native responder",
-            native.0,
-            Better::Lower,
-            Target::ratio_at_most(1.5),
-            &cmd,
-        );
-        report.add(
-            &s,
-            &format!("p99 latency through a component, {instances}"),
-            "ms",
-            weft.1,
-            "native responder",
-            native.1,
-            Better::Lower,
-            Target::ratio_at_most(1.5),
-            &cmd,
-        );
-        report.add(
-            &s,
-            &format!("throughput through a component, {instances}"),
-            "msg/s",
-            weft.2,
-            "native responder",
-            native.2,
-            Better::Higher,
-            None,
-            &cmd,
-        );
+        let name = |figure: &str| format!("{figure} through a component, {instances}");
+        let (p50, p99, rate) = (name("p50 latency"), name("p99 latency"), name("throughput"));
+        let (higher, lower, reference) = (Better::Higher, Better::Lower, "native responder");
+        #[rustfmt::skip]
+        report.add_rows(&s, &cmd, &[
+            (&p50, "ms", weft.0, reference, native.0, lower, Target::ratio_at_most(1.5)),
+            (&p99, "ms", weft.1, reference, native.1, lower, Target::ratio_at_most(1.5)),
+            (&rate, "msg/s", weft.2, reference, native.2, higher, None),
+        ]);
     }
     Ok(())
 }

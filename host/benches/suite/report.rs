@@ -79,6 +79,10 @@ impl Target {
     }
 }
 
+/// One figure of a section, for [`Report::add_rows`]: name, unit, weft's value, the
+/// reference's name and value, which way is better, and the target.
+pub type Row<'a> = (&'a str, &'a str, f64, &'a str, f64, Better, Option<Target>);
+
 /// Every figure of a run.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -89,6 +93,23 @@ pub struct Report {
 }
 
 impl Report {
+    /// Adds each row as a figure of `section`, all measured by `command`.
+    pub fn add_rows(&mut self, section: &str, command: &str, rows: &[Row]) {
+        for &(name, unit, value, reference, reference_value, better, target) in rows {
+            self.add(
+                section,
+                name,
+                unit,
+                value,
+                reference,
+                reference_value,
+                better,
+                target,
+                command,
+            );
+        }
+    }
+
     /// Adds a figure; prints it at once so a long run shows progress.
     #[allow(clippy::too_many_arguments)]
     pub fn add(

@@ -33,8 +33,9 @@ pub struct Wasm {
 }
 
 impl Wasm {
-    /// Finds every component (and `wasmtime` if `wasmtime_serve`), or says how to
-    /// build the missing ones.
+    /// Finds the components, or says how to build the missing ones. `wasmtime_serve`:
+    /// the sections to run compare against `wasmtime serve` (all but messaging), so
+    /// they need it and the large guests too.
     pub fn find(wasmtime_serve: bool) -> Result<Wasm> {
         let root = repo_root().join("target/components");
         let wasm = Wasm {
@@ -43,7 +44,11 @@ impl Wasm {
             js_hello: root.join("js/js-hello.wasm"),
             py_hello: root.join("py/py-hello.wasm"),
         };
-        for path in [&wasm.hello, &wasm.responder, &wasm.js_hello, &wasm.py_hello] {
+        let mut needed = vec![&wasm.hello, &wasm.responder];
+        if wasmtime_serve {
+            needed.extend([&wasm.js_hello, &wasm.py_hello]);
+        }
+        for path in needed {
             if !path.exists() {
                 bail!(
                     "{} is missing: run `just bench`, which builds the components first",
