@@ -276,7 +276,7 @@ impl Deployment {
             let (pool, pre) = parts(&deployment);
             let mut store = new_store(&deployment, deadline_for(&deployment), None);
             let spare = match pre {
-                Some(pre) => pre.instantiate(&mut store).await.ok(),
+                Some(pre) => pre.instantiate_async(&mut store).await.ok(),
                 None => None,
             };
             pool.add_spare(spare.map(|exports| (store, exports)));

@@ -115,8 +115,9 @@ pub trait Pre: Send + Sync + 'static {
     /// The typed exports of an instance.
     type Exports: Send + 'static;
 
-    /// A new instance in `store`.
-    fn instantiate<'a>(
+    /// A new instance in `store`. (Named like the inherent method it wraps, so a call
+    /// on a concrete type means the same thing.)
+    fn instantiate_async<'a>(
         &'a self,
         store: &'a mut Store<HostState>,
     ) -> BoxFuture<'a, wasmtime::Result<Self::Exports>>;
@@ -125,22 +126,22 @@ pub trait Pre: Send + Sync + 'static {
 impl Pre for ProxyPre<HostState> {
     type Exports = Proxy;
 
-    fn instantiate<'a>(
+    fn instantiate_async<'a>(
         &'a self,
         store: &'a mut Store<HostState>,
     ) -> BoxFuture<'a, wasmtime::Result<Proxy>> {
-        Box::pin(self.instantiate_async(store))
+        Box::pin(ProxyPre::instantiate_async(self, store))
     }
 }
 
 impl Pre for MessagingHostPre<HostState> {
     type Exports = MessagingHost;
 
-    fn instantiate<'a>(
+    fn instantiate_async<'a>(
         &'a self,
         store: &'a mut Store<HostState>,
     ) -> BoxFuture<'a, wasmtime::Result<MessagingHost>> {
-        Box::pin(self.instantiate_async(store))
+        Box::pin(MessagingHostPre::instantiate_async(self, store))
     }
 }
 
