@@ -11,6 +11,15 @@ use weft::manifest::Manifest;
 use weft::messaging::nats::NatsConfig;
 use weft::spec::{ComponentSpec, RouteSpec};
 
+/// mimalloc, not the system allocator. A fresh instance per call allocates and frees
+/// hundreds of small objects (store, instance state, WASI context), and glibc's malloc
+/// took about a tenth of the CPU of a fresh-instance message round trip. Measured with
+/// `just bench` against glibc: 15-25% more messages per second, compiles about 8%
+/// quicker, HTTP unchanged, about 10% more memory per idle component. Built without
+/// transparent huge pages (`no_thp`), which took an idle host from 19 to 35 MB of RSS.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weft: serverless WebAssembly microservices on HTTP.
 #[derive(Debug, Parser)]
 #[command(version, about)]

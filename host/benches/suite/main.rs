@@ -8,7 +8,7 @@
 //! - Deploy to first response (cold, and a restart with a warm cache), and density.
 //!
 //! Every figure is a median over interleaved rounds and a ratio against a reference
-//! measured in the same run (see `report.rs`). `host/benches/setup.sh` installs the
+//! measured in the same run (see `report.rs`). `host/benches/run.sh` installs the
 //! tools and builds the components first.
 //!
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
@@ -27,6 +27,11 @@ mod tools;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+
+/// The `weft` binary's allocator, for the sections that run weft in this process (the
+/// embedded bus); the native references here use it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long and how often each figure is measured.
 #[derive(Debug, Clone)]
