@@ -29,6 +29,7 @@ struct Inner {
 }
 
 impl Inner {
+    /// The subscription table, locked: the one place the bus takes the lock.
     fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
         self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -127,12 +128,8 @@ impl EmbeddedBus {
         EmbeddedBus::default()
     }
 
-    fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
-        self.inner.subscriptions()
-    }
-
     fn recipients(&self, subject: &str) -> Vec<mpsc::Sender<Message>> {
-        self.subscriptions().recipients(subject)
+        self.inner.subscriptions().recipients(subject)
     }
 }
 
@@ -205,7 +202,7 @@ impl MessageBus for EmbeddedBus {
                 pattern: subject.clone(),
                 id,
             });
-            self.subscriptions().add(Sub {
+            self.inner.subscriptions().add(Sub {
                 id,
                 pattern: subject,
                 queue_group,
@@ -288,7 +285,7 @@ mod tests {
         assert!(received(&mut exact).is_empty());
         assert!(received(&mut star).is_empty());
         assert_eq!(received(&mut rest), ["a.b"]);
-        let subscriptions = bus.subscriptions();
+        let subscriptions = bus.inner.subscriptions();
         assert!(
             !subscriptions.literal.contains_key("a.b"),
             "emptied entries go"
