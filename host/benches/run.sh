@@ -42,9 +42,9 @@ if [ "$full" = 1 ]; then
   target/bench-tools/bin/wasmtime --version
 fi
 
-step "Rust components (hello, responder)"
+step "Rust components (hello, echo-responder)"
 rustup target add wasm32-wasip2 >/dev/null
-cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p responder
+cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p echo-responder
 
 if [ "$full" = 1 ]; then
   step "JavaScript hello (componentize-js from npm)"

@@ -3,8 +3,8 @@
 //! - HTTP: the same Rust `wasi:http` hello component on weft and on `wasmtime serve`,
 //!   and a native axum handler with the same response; then a 16 KiB JSON echo.
 //! - Large guests: JavaScript and Python hello components, weft vs `wasmtime serve`.
-//! - Messaging: request/reply through the responder component vs a native responder,
-//!   on nats-server and on the embedded bus.
+//! - Messaging: request/reply through the echo-responder component vs a native
+//!   responder doing the same, on nats-server and on the embedded bus.
 //! - Deploy to first response (cold, and a restart with a warm cache), and density.
 //!
 //! Every figure is a median over interleaved rounds and a ratio against a reference

@@ -1,6 +1,6 @@
-//! Messaging request/reply through the responder component against a native responder
-//! doing the same work: on a real nats-server (weft in its own process) and on the
-//! embedded bus (weft in this process).
+//! Messaging request/reply through the echo-responder component against a native
+//! responder doing the same work: on a real nats-server (weft in its own process) and on
+//! the embedded bus (weft in this process).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ async fn compare(
     Ok(())
 }
 
-/// The responder on `subject`, with a fresh instance per message or (`reuse`) kept ones.
+/// The echo-responder on `subject`, with a fresh instance per message or (`reuse`) kept ones.
 fn responder_spec(subject: &str, reuse: bool) -> ComponentSpec {
     let mut spec = ComponentSpec {
         subscriptions: vec![SubscriptionSpec {
@@ -142,7 +142,7 @@ pub fn nats(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()>
              [components.responder]\nsource = \"{0}\"\nsubscriptions = [{{ subject = \"bench.wasm.>\" }}]\n\
              [components.responder-kept]\nsource = \"{0}\"\nsubscriptions = [{{ subject = \"bench.kept.>\" }}]\n\
              limits = {{ requests_per_instance = {REUSE} }}\n",
-            wasm.responder.display()
+            wasm.echo_responder.display()
         ),
     )?;
     let _weft = procs::weft_up(
@@ -189,7 +189,7 @@ pub fn embedded(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result
             ..weft::HostConfig::default()
         };
         let host = weft::Host::start(config).await?;
-        let wasm_bytes = std::fs::read(&wasm.responder)?;
+        let wasm_bytes = std::fs::read(&wasm.echo_responder)?;
         let wasm_bytes = bytes::Bytes::from(wasm_bytes);
         host.deployments()
             .deploy(

@@ -1,5 +1,5 @@
 //! The native references: an axum server that answers like the hello component, and
-//! an async-nats responder that answers like the responder component. Each runs on its
+//! an async-nats responder that answers like the echo-responder component. Each runs on its
 //! own Tokio runtime with two workers, as weft does, on a thread of its own.
 
 use anyhow::{Context, Result};
@@ -48,7 +48,7 @@ async fn handle(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> im
 }
 
 /// Answers requests on `subject` (queue group `native`) with `-:<body>`, as the
-/// responder component's `echo` does.
+/// echo-responder component does.
 pub fn nats_responder(url: &str, subject: &str) -> Result<()> {
     let (url, subject) = (url.to_string(), subject.to_string());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -24,8 +24,8 @@ pub fn nats_server() -> PathBuf {
 pub struct Wasm {
     /// The Rust hello component (GET greets, POST echoes).
     pub hello: PathBuf,
-    /// The Rust messaging responder.
-    pub responder: PathBuf,
+    /// The Rust messaging component: answers like the native responder.
+    pub echo_responder: PathBuf,
     /// The JavaScript hello component (componentize-js).
     pub js_hello: PathBuf,
     /// The Python hello component (componentize-py).
@@ -40,11 +40,11 @@ impl Wasm {
         let root = repo_root().join("target/components");
         let wasm = Wasm {
             hello: root.join("wasm32-wasip2/release/hello.wasm"),
-            responder: root.join("wasm32-wasip2/release/responder.wasm"),
+            echo_responder: root.join("wasm32-wasip2/release/echo_responder.wasm"),
             js_hello: root.join("js/js-hello.wasm"),
             py_hello: root.join("py/py-hello.wasm"),
         };
-        let mut needed = vec![&wasm.hello, &wasm.responder];
+        let mut needed = vec![&wasm.hello, &wasm.echo_responder];
         if wasmtime_serve {
             needed.extend([&wasm.js_hello, &wasm.py_hello]);
         }
