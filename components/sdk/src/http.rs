@@ -21,6 +21,8 @@ pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     loop {
         match stream.blocking_read(64 * 1024) {
+            // The first chunk is often the whole body: keep it rather than copy it.
+            Ok(chunk) if bytes.is_empty() => bytes = chunk,
             Ok(chunk) => bytes.extend_from_slice(&chunk),
             Err(crate::wasi::io::streams::StreamError::Closed) => break,
             Err(e) => return Err(format!("reading request body: {e:?}")),
