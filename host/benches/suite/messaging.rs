@@ -109,7 +109,8 @@ async fn compare(
     Ok(())
 }
 
-/// The echo-responder on `subject`, with a fresh instance per message or (`reuse`) kept ones.
+/// The echo-responder on `subject`, with a fresh instance per message or (`reuse`) kept
+/// ones.
 fn responder_spec(subject: &str, reuse: bool) -> ComponentSpec {
     let mut spec = ComponentSpec {
         subscriptions: vec![SubscriptionSpec {

@@ -1,6 +1,6 @@
 //! The native references: an axum server that answers like the hello component, and
-//! an async-nats responder that answers like the echo-responder component. Each runs on its
-//! own Tokio runtime with two workers, as weft does, on a thread of its own.
+//! an async-nats responder that answers like the echo-responder component. Each runs on
+//! its own Tokio runtime with two workers, as weft does, on a thread of its own.
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
