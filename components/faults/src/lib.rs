@@ -9,7 +9,9 @@
 //! - `/count`: bumps a global counter and answers with it (always 1 on a fresh instance);
 //! - `/print`: writes one line each to stdout and stderr;
 //! - `/env`: reports the environment variables and preopened directories it can see;
-//! - `/fetch?url=U`: makes an outgoing GET to U and reports the outcome.
+//! - `/fetch?url=U`: makes an outgoing GET to U and reports the outcome;
+//! - `/headers?NAME=VALUE&...`: answers with those response headers, the forbidden ones
+//!   (`connection`, say) included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,6 +87,13 @@ impl Guest for Faults {
                 let url = query.strip_prefix("url=").unwrap_or_default();
                 let outcome = fetch(url);
                 respond(out, 200, &text, outcome.as_bytes());
+            }
+            "/headers" => {
+                let headers: Vec<(&str, &str)> = query
+                    .split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .collect();
+                respond(out, 200, &headers, b"headers");
             }
             _ => respond(out, 404, &text, b"unknown fault"),
         }

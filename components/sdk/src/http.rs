@@ -32,14 +32,15 @@ pub fn read_body(request: &IncomingRequest) -> Result<Vec<u8>, String> {
 }
 
 /// Sends a complete response with the given status, headers and body.
+///
+/// Every call into the host costs about as much as the guest's own work for a small
+/// response, so this makes as few as it can: the headers in one call, no status call
+/// for 200 (a new response's status).
 pub fn respond(out: ResponseOutparam, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-    let fields = Fields::new();
-    for (name, value) in headers {
-        // A header the host forbids is dropped rather than failing the response.
-        let _ = fields.append(name, value.as_bytes());
+    let response = OutgoingResponse::new(fields(headers));
+    if status != 200 {
+        let _ = response.set_status_code(status);
     }
-    let response = OutgoingResponse::new(fields);
-    let _ = response.set_status_code(status);
     let Ok(outgoing) = response.body() else {
         return;
     };
@@ -48,6 +49,23 @@ pub fn respond(out: ResponseOutparam, status: u16, headers: &[(&str, &str)], bod
         write_all(&stream, body);
     }
     let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// Response headers, in one call to the host. If the host refuses the list (a header
+/// it forbids, say), they are added one by one and the refused ones are dropped rather
+/// than failing the response.
+fn fields(headers: &[(&str, &str)]) -> Fields {
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    Fields::from_list(&entries).unwrap_or_else(|_| {
+        let fields = Fields::new();
+        for (name, value) in headers {
+            let _ = fields.append(name, value.as_bytes());
+        }
+        fields
+    })
 }
 
 /// Writes `bytes` to a body's stream, in chunks the host accepts. `OutgoingBody::write`

@@ -46,6 +46,24 @@ async fn faults_show_up_with_their_cause() {
 }
 
 #[tokio::test]
+async fn a_forbidden_response_header_is_dropped_and_the_rest_kept() {
+    let faults = TestComponent::build_and_load(MANIFEST, "faults")
+        .await
+        .unwrap();
+    let allowed = faults.get("/faults/headers?x-a=1&x-b=2").await;
+    assert_eq!((allowed.status, allowed.text()), (200, "headers".to_string()));
+    assert_eq!(allowed.headers["x-a"], "1");
+    assert_eq!(allowed.headers["x-b"], "2");
+
+    // The host refuses `connection` from a guest: the SDK drops that one header.
+    let mixed = faults.get("/faults/headers?x-a=1&connection=close&x-b=2").await;
+    assert_eq!(mixed.status, 200);
+    assert_eq!(mixed.headers["x-a"], "1");
+    assert_eq!(mixed.headers["x-b"], "2");
+    assert!(mixed.headers.get("connection").is_none(), "{:?}", mixed.headers);
+}
+
+#[tokio::test]
 async fn a_missing_wasm_names_the_command_that_builds_it() {
     let dir = std::env::temp_dir().join(format!("weft-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
