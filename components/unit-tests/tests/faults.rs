@@ -51,16 +51,25 @@ async fn a_forbidden_response_header_is_dropped_and_the_rest_kept() {
         .await
         .unwrap();
     let allowed = faults.get("/faults/headers?x-a=1&x-b=2").await;
-    assert_eq!((allowed.status, allowed.text()), (200, "headers".to_string()));
+    assert_eq!(
+        (allowed.status, allowed.text()),
+        (200, "headers".to_string())
+    );
     assert_eq!(allowed.headers["x-a"], "1");
     assert_eq!(allowed.headers["x-b"], "2");
 
     // The host refuses `connection` from a guest: the SDK drops that one header.
-    let mixed = faults.get("/faults/headers?x-a=1&connection=close&x-b=2").await;
+    let mixed = faults
+        .get("/faults/headers?x-a=1&connection=close&x-b=2")
+        .await;
     assert_eq!(mixed.status, 200);
     assert_eq!(mixed.headers["x-a"], "1");
     assert_eq!(mixed.headers["x-b"], "2");
-    assert!(mixed.headers.get("connection").is_none(), "{:?}", mixed.headers);
+    assert!(
+        mixed.headers.get("connection").is_none(),
+        "{:?}",
+        mixed.headers
+    );
 }
 
 #[tokio::test]
