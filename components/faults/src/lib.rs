@@ -11,7 +11,11 @@
 //! - `/env`: reports the environment variables and preopened directories it can see;
 //! - `/fetch?url=U`: makes an outgoing GET to U and reports the outcome;
 //! - `/headers?NAME=VALUE&...`: answers with those response headers, the forbidden ones
-//!   (`connection`, say) included.
+//!   (`connection`, say) included;
+//! - `/scribble?kib=N&hold_ms=M`: fills N KiB of fresh heap with a marker byte, then
+//!   holds the instance for M ms before answering;
+//! - `/peek?kib=N`: counts marker bytes in N KiB of heap it never wrote (always 0 on a
+//!   fresh instance).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +29,9 @@ use weft_sdk::wasi::http::types::{
 };
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The byte `/scribble` writes and `/peek` looks for.
+const SCRIBBLE: u8 = 0xA5;
 
 struct Faults;
 
@@ -94,6 +101,26 @@ impl Guest for Faults {
                     .filter_map(|kv| kv.split_once('='))
                     .collect();
                 respond(out, 200, &headers, b"headers");
+            }
+            "/scribble" => {
+                // Fills fresh heap with a marker and holds the instance for `hold_ms`.
+                let size = param(query, "kib", 4096) as usize * 1024;
+                let mut secret = vec![0u8; size];
+                secret.fill(SCRIBBLE);
+                std::hint::black_box(&secret);
+                monotonic_clock::subscribe_duration(param(query, "hold_ms", 0) * 1_000_000).block();
+                std::mem::forget(secret);
+                respond(out, 200, &text, b"scribbled");
+            }
+            "/peek" => {
+                // Counts marker bytes in heap this instance never wrote: 0 on a fresh instance.
+                let size = param(query, "kib", 4096) as usize * 1024;
+                let fresh: Vec<u8> = Vec::with_capacity(size);
+                let base = fresh.as_ptr();
+                let seen = (0..size)
+                    .filter(|&i| unsafe { base.add(i).read_volatile() } == SCRIBBLE)
+                    .count();
+                respond(out, 200, &text, seen.to_string().as_bytes());
             }
             _ => respond(out, 404, &text, b"unknown fault"),
         }
