@@ -21,10 +21,19 @@ const PAYLOAD: &[u8] = b"ping";
 
 type Requester = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Bytes>> + Send + Sync>;
 
-/// Sequential requests for `secs`: p50 and p99 in milliseconds.
-async fn latency(request: &Requester, subject: &str, secs: u64) -> Result<(f64, f64)> {
-    let mut samples = Vec::new();
-    let end = Instant::now() + Duration::from_secs(secs);
+/// Latency is measured in turns this long, the contestants taking turns, so that a
+/// noisy second on the shared machine hits all of them alike.
+const TURN: Duration = Duration::from_millis(250);
+
+/// Sequential requests on `subject` for `duration`: adds each round trip, in
+/// milliseconds, to `samples`.
+async fn round_trips(
+    request: &Requester,
+    subject: &str,
+    duration: Duration,
+    samples: &mut Vec<f64>,
+) -> Result<()> {
+    let end = Instant::now() + duration;
     while Instant::now() < end {
         let start = Instant::now();
         let reply = request(subject.to_string()).await?;
@@ -33,15 +42,26 @@ async fn latency(request: &Requester, subject: &str, secs: u64) -> Result<(f64, 
             bail!("unexpected reply on {subject}: {reply:?}");
         }
     }
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Ok((at(0.5), at(0.99)))
+    Ok(())
 }
 
-/// `IN_FLIGHT` requesters for `secs`: replies per second.
-async fn throughput(request: &Requester, subject: &str, secs: u64) -> Result<f64> {
-    let end = Instant::now() + Duration::from_secs(secs);
+/// p50 and p99 of `samples`.
+fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99))
+}
+
+/// `IN_FLIGHT` requesters for `duration`: adds the replies and the time they took to
+/// `tally`.
+async fn burst(
+    request: &Requester,
+    subject: &str,
+    duration: Duration,
+    tally: &mut (u64, Duration),
+) -> Result<()> {
     let start = Instant::now();
+    let end = start + duration;
     let mut tasks = Vec::new();
     for _ in 0..IN_FLIGHT {
         let (request, subject) = (request.clone(), subject.to_string());
@@ -54,14 +74,16 @@ async fn throughput(request: &Requester, subject: &str, secs: u64) -> Result<f64
             anyhow::Ok(done)
         }));
     }
-    let mut total = 0;
     for task in tasks {
-        total += task.await??;
+        tally.0 += task.await??;
     }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
+    tally.1 += start.elapsed();
+    Ok(())
 }
 
-/// Runs both contestants round by round and reports weft against the native one.
+/// Runs the contestants round by round and reports weft against the native one. In each
+/// round they take turns of [`TURN`] at latency (sequential requests), then at
+/// throughput (bursts of `IN_FLIGHT` requesters), `settings.secs` of each in all.
 async fn compare(
     settings: &Settings,
     backend: &str,
@@ -74,13 +96,30 @@ async fn compare(
         ("weft, reuse", "bench.kept.echo"),
     ];
     for (_, subject) in contestants {
-        latency(&request, subject, 1).await?; // warm-up
+        round_trips(&request, subject, Duration::from_secs(1), &mut Vec::new()).await?; // warm-up
     }
+    let turns = (Duration::from_secs(settings.secs).as_millis() / TURN.as_millis()).max(1);
     let mut results: [(Vec<f64>, Vec<f64>, Vec<f64>); 3] = Default::default();
     for round in 1..=settings.rounds {
-        for ((label, subject), r) in contestants.iter().zip(&mut results) {
-            let (p50, p99) = latency(&request, subject, settings.secs).await?;
-            let rate = throughput(&request, subject, settings.secs).await?;
+        let mut samples: [Vec<f64>; 3] = Default::default();
+        for _ in 0..turns {
+            for ((_, subject), samples) in contestants.iter().zip(&mut samples) {
+                round_trips(&request, subject, TURN, samples).await?;
+            }
+        }
+        let mut tallies: [(u64, Duration); 3] = Default::default();
+        for _ in 0..turns {
+            for ((_, subject), tally) in contestants.iter().zip(&mut tallies) {
+                burst(&request, subject, TURN, tally).await?;
+            }
+        }
+        for (((label, _), r), (samples, (replies, took))) in contestants
+            .iter()
+            .zip(&mut results)
+            .zip(samples.into_iter().zip(tallies))
+        {
+            let (p50, p99) = percentiles(samples);
+            let rate = replies as f64 / took.as_secs_f64();
             println!(
                 "    round {round}: {label:<18} p50 {p50:.3} ms  p99 {p99:.3} ms  {rate:.0} msg/s"
             );
@@ -92,8 +131,10 @@ async fn compare(
     let [native, fresh, reused] = results.map(|(a, b, c)| (median(a), median(b), median(c)));
     let s = format!("Messaging request/reply ({backend})");
     let cmd = format!(
-        "sequential requests for {}s; then {IN_FLIGHT} in flight for {}s",
-        settings.secs, settings.secs
+        "{}s of sequential requests, then {}s with {IN_FLIGHT} in flight; in {} ms turns",
+        settings.secs,
+        settings.secs,
+        TURN.as_millis()
     );
     for (instances, weft) in [("fresh instance", fresh), ("instance reuse", reused)] {
         let name = |figure: &str| format!("{figure} through a component, {instances}");
