@@ -51,7 +51,7 @@ test-component component:
 
 # Benchmarks side by side with native axum, `wasmtime serve` and a native NATS responder; writes BENCHMARKS.md (`--quick` for a short run).
 bench *args:
-    bash host/benches/run.sh {{args}}
+    bash host/bench/run.sh {{args}}
 
 # Formatting and lints, as CI would judge them.
 lint:

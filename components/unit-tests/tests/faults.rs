@@ -2,7 +2,7 @@
 //! exhaustion the way the host does, with the cause.
 #![allow(clippy::unwrap_used)]
 
-use weft::testing::TestComponent;
+use weft_test::TestComponent;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../weft.toml");
 

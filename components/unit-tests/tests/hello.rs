@@ -1,7 +1,7 @@
 //! Unit tests of `components/hello`, loaded from the example manifest.
 #![allow(clippy::unwrap_used)]
 
-use weft::testing::TestComponent;
+use weft_test::TestComponent;
 
 const MANIFEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

@@ -2,8 +2,8 @@
 //! out, with stubbed peers, key-value and the manifest's permissions.
 #![allow(clippy::unwrap_used)]
 
-use weft::messaging::trigger::Outcome;
-use weft::testing::{Event, KvOp, Stub, TestComponent};
+use weft_test::Outcome;
+use weft_test::{Event, KvOp, Stub, TestComponent};
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../weft.toml");
 
@@ -86,7 +86,7 @@ async fn requests_are_answered_by_stubs() {
         Stub::ServiceError("out of stock".into()),
     );
 
-    let answer = |(_, reply): (Outcome, Option<weft::messaging::Message>)| {
+    let answer = |(_, reply): (Outcome, Option<weft_test::Message>)| {
         String::from_utf8(reply.unwrap().body.to_vec()).unwrap()
     };
     assert_eq!(

@@ -1,8 +1,8 @@
 //! Unit tests of the shop's `inventory` service.
 #![allow(clippy::unwrap_used)]
 
-use weft::messaging::trigger::Outcome;
-use weft::testing::TestComponent;
+use weft_test::Outcome;
+use weft_test::TestComponent;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop/weft.toml");
 

@@ -2,8 +2,8 @@
 //! tested with the same harness as the Rust components.
 #![allow(clippy::unwrap_used)]
 
-use weft::messaging::trigger::Outcome;
-use weft::testing::TestComponent;
+use weft_test::Outcome;
+use weft_test::TestComponent;
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop/weft.toml");
 

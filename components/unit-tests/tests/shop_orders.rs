@@ -1,7 +1,7 @@
 //! Unit tests of the shop's `orders` service, with inventory stubbed.
 #![allow(clippy::unwrap_used)]
 
-use weft::testing::{Event, Stub, TestComponent};
+use weft_test::{Event, Stub, TestComponent};
 
 const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/shop/weft.toml");
 

@@ -1,0 +1,290 @@
+//! The `weft` binary as a user runs it: `up` with a manifest, `deploy`, `list`,
+//! `undeploy`, guest output in the log, errors that say what to do, graceful stop.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    /// Waits (bounded) for a stderr line containing `needle` and returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with `{needle}` within 60 s; got:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+fn weft(args: &[&str]) -> std::process::Output {
+    Command::new(WEFT)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("running weft")
+}
+
+#[test]
+fn up_serves_a_manifest_and_the_cli_manages_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hello, faults) = (
+        dir.path().join("hello.wasm"),
+        dir.path().join("faults.wasm"),
+    );
+    std::fs::write(&hello, wasm("hello")).unwrap();
+    std::fs::write(&faults, wasm("faults")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"demo\"\n\
+         [components.hello]\nsource = \"hello.wasm\"\nroutes = [{ path = \"/hello/...\" }]\n\
+         [components.faults]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/f/...\", methods = [\"GET\"] }]\n",
+    )
+    .unwrap();
+
+    let mut child = Command::new(WEFT)
+        .args([
+            "up",
+            manifest.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        // Its own key-value store: a host running on this machine holds the default one.
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weft up");
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut up = Running {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    let http = up
+        .wait_for("serving on http://")
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .to_string();
+    let admin = up
+        .wait_for("admin API on http://")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let table = up.wait_for("/hello/...");
+    assert!(
+        table.contains("hello") && table.contains(&format!("http://{http}/hello/...")),
+        "{table}"
+    );
+
+    let get = |path: &str| reqwest::blocking::get(format!("http://{http}{path}")).unwrap();
+    assert!(get("/hello/cli").text().unwrap().contains("/hello/cli"));
+    assert_eq!(get("/f/print").status(), 200);
+    up.wait_for("[faults] stdout: a line on stdout");
+    up.wait_for("[faults] stderr: a line on stderr");
+    assert_eq!(get("/f/trap").status(), 500);
+    let trap = up.wait_for("instance failed");
+    assert!(
+        trap.contains("component faults sha256:")
+            && trap.contains("deliberate trap")
+            && trap.contains("wasm trap"),
+        "names component, version and cause: {trap}"
+    );
+
+    let listed = weft(&["list", "--admin", &admin]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("hello") && listed.contains("faults"),
+        "{listed}"
+    );
+
+    let deployed = weft(&[
+        "deploy",
+        "extra",
+        "--wasm",
+        hello.to_str().unwrap(),
+        "--route",
+        "/extra",
+        "--admin",
+        &admin,
+    ]);
+    assert!(
+        deployed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&deployed.stdout).contains("extra sha256:"));
+    assert_eq!(get("/extra").status(), 200);
+    let undeployed = weft(&["undeploy", "extra", "--admin", &admin]);
+    assert!(undeployed.status.success());
+    assert_eq!(get("/extra").status(), 404);
+
+    let refused = weft(&[
+        "deploy",
+        "junk",
+        "--wasm",
+        manifest.to_str().unwrap(),
+        "--admin",
+        &admin,
+    ]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a WebAssembly binary"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    up.wait_for("shutting down");
+    let exit = wait_with_timeout(&mut up.child, Duration::from_secs(15));
+    assert!(exit.success(), "weft up exits cleanly on SIGTERM: {exit}");
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn no_host_and_bad_manifests_get_errors_that_say_what_to_do() {
+    let out = weft(&["list", "--admin", "http://127.0.0.1:9"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no weft host answers at http://127.0.0.1:9") && err.contains("weft up"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"x\"\n[components.a]\nsource = \"a.wasm\"\nroute = \"/a\"\n",
+    )
+    .unwrap();
+    let out = weft(&[
+        "up",
+        manifest.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("weft.toml:4:1: `components.a.route`: unknown field `route`, expected one of"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &manifest,
+        "name = \"x\"\n[components.a]\nsource = \"missing.wasm\"\n",
+    )
+    .unwrap();
+    let out = weft(&[
+        "up",
+        manifest.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.wasm does not exist") && err.contains("no `build` command"),
+        "{err}"
+    );
+}
+
+/// `just deploy hello`, the way a service author ships: it rebuilds the component and
+/// redeploys it, with its manifest's routes, into the host at `WEFT_ADMIN`; the new
+/// version answers from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn just_deploy_ships_a_new_version_into_a_running_host() {
+    if !tool_available("just", "cargo install just (or pip install rust-just)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = start_host(dir.path()).await;
+    // The version running before: another component on hello's routes.
+    deploy(&host, "hello", "faults", routes(&["/hello/..."])).await;
+    let before = host.deployments().snapshot().by_name["hello"].version.clone();
+
+    let admin = format!("http://{}", host.admin_addr());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("just")
+            .current_dir(workspace_root())
+            .args(["deploy", "hello"])
+            .env("WEFT_ADMIN", admin)
+            .output()
+            .expect("running just")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "just deploy hello failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("hello sha256:"), "{stdout}");
+
+    let after = host.deployments().snapshot().by_name["hello"].version.clone();
+    assert_ne!(before, after, "a new version is live");
+    let body = reqwest::get(url(&host, "/hello/world"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "Hello from weft! You asked for /hello/world");
+    host.shutdown().await;
+}

@@ -1,0 +1,165 @@
+//! Shared by the integration tests: real components built from source, real hosts on
+//! ephemeral ports.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use weft_runtime::spec::{ComponentSpec, RouteSpec};
+use weft_runtime::{Host, HostConfig};
+pub use weft_test::host::{NatsServer, host_config, nats_config};
+
+/// The guest crates the tests use, all built by one cargo call.
+const COMPONENTS: &[&str] = &[
+    "hello",
+    "faults",
+    "bad-import",
+    "cli-app",
+    "responder",
+    "orders",
+    "inventory",
+];
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("host/cli is two levels down")
+        .to_path_buf()
+}
+
+fn build_command() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--target-dir",
+        "target/components",
+    ]);
+    for c in COMPONENTS {
+        cmd.args(["-p", c]);
+    }
+    cmd
+}
+
+/// The bytes of a test component, built from `components/NAME` on first use.
+pub fn wasm(name: &str) -> Vec<u8> {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = build_command()
+            .status()
+            .expect("running cargo to build the test components");
+        assert!(
+            status.success(),
+            "building the test components failed; run `just build` to see why"
+        );
+    });
+    let file = if name == "cli-app" {
+        name.to_string()
+    } else {
+        name.replace('-', "_")
+    };
+    let path = workspace_root().join(format!(
+        "target/components/wasm32-wasip2/release/{file}.wasm"
+    ));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; build it with `just build`", path.display()))
+}
+
+/// A host on ephemeral loopback ports with its own compile cache. It compiles with
+/// Cranelift only, so no switch to optimized code happens in the middle of a test
+/// (`tiered_host` has the default Winch-first start).
+pub async fn start_host(cache: &Path) -> Host {
+    start_host_with(cache, |_| {}).await
+}
+
+/// [`start_host`] with some settings changed by `configure`.
+pub async fn start_host_with(cache: &Path, configure: impl FnOnce(&mut HostConfig)) -> Host {
+    init_logs();
+    let mut config = host_config(cache);
+    configure(&mut config);
+    Host::start(config).await.expect("starting a host")
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("weft=info")
+        .try_init();
+}
+
+/// A spec serving `paths` with any method.
+pub fn routes(paths: &[&str]) -> ComponentSpec {
+    ComponentSpec {
+        routes: paths
+            .iter()
+            .map(|p| RouteSpec {
+                path: p.to_string(),
+                methods: vec![],
+            })
+            .collect(),
+        ..ComponentSpec::default()
+    }
+}
+
+/// Deploys a built test component into `host` directly.
+pub async fn deploy(host: &Host, name: &str, component: &str, spec: ComponentSpec) {
+    host.deployments()
+        .deploy(name, spec, wasm(component).into())
+        .await
+        .unwrap_or_else(|e| panic!("deploying {name}: {e}"));
+}
+
+pub fn url(host: &Host, path: &str) -> String {
+    format!("http://{}{path}", host.http_addr())
+}
+
+pub fn admin_url(host: &Host, path: &str) -> String {
+    format!("http://{}{path}", host.admin_addr())
+}
+
+/// Whether the command `tool` can run (`tool --version`). On a developer machine without
+/// it, says loudly that the test is skipped and how to install it; in CI (`CI` set) its
+/// absence fails the test.
+pub fn tool_available(tool: &str, install: &str) -> bool {
+    let found = Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`{tool}` is required in CI ({install})"
+        );
+        eprintln!("\n*** SKIPPED: `{tool}` is not installed; install it ({install}) to run this test ***\n");
+    }
+    found
+}
+
+/// Whether npm (for the JavaScript example) can run; see [`tool_available`].
+pub fn npm_available() -> bool {
+    tool_available("npm", "apt-get install nodejs npm")
+}
+
+/// A host like [`start_host`], on the given NATS server.
+pub async fn start_host_on_nats(cache: &Path, nats: &NatsServer) -> Host {
+    start_host_with(cache, |config| config.nats = Some(nats_config(nats.url()))).await
+}
+
+/// Runs each named conformance case (an `async fn(Env)`) against both backends: the
+/// embedded one and a real nats-server. The test file provides `async fn env(nats: bool)
+/// -> Option<Env>`, which returns `None` when nats-server is unavailable locally.
+#[allow(unused_macros)]
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(false).await { super::$case(env).await } })*
+        }
+        mod nats {
+            $(#[tokio::test] async fn $case() { if let Some(env) = super::env(true).await { super::$case(env).await } })*
+        }
+    };
+}

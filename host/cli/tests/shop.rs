@@ -1,0 +1,272 @@
+//! The shop example end to end: `examples/shop/weft.toml` on a real host, over real HTTP,
+//! on the embedded bus and store and on a real nats-server.
+#![allow(clippy::unwrap_used)]
+
+#[macro_use]
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use weft_runtime::{Host, HostConfig};
+
+struct Env {
+    host: Host,
+    nats: Option<NatsServer>,
+    _dir: tempfile::TempDir,
+}
+
+async fn env(nats: bool) -> Option<Env> {
+    init_logs();
+    if !npm_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = if nats {
+        Some(NatsServer::start()?)
+    } else {
+        None
+    };
+    let config = HostConfig {
+        // Shared by the shop tests: the JavaScript component takes seconds to compile.
+        cache_dir: Some(workspace_root().join("target/test-cache/shop")),
+        nats: server.as_ref().map(|s| nats_config(s.url())),
+        baseline_compiler: true,
+        max_instances: HostConfig::default().max_instances,
+        ..host_config(dir.path())
+    };
+    build_once();
+    let host = weft::up::start(&manifest(), config, false).await.unwrap();
+    Some(Env {
+        host,
+        nats: server,
+        _dir: dir,
+    })
+}
+
+/// Builds the shop's components once per test process: the tests run in parallel, and
+/// concurrent `npm install`s in one directory would trip over each other.
+fn build_once() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        for entry in weft_runtime::spec::manifest::Manifest::load(&manifest())
+            .unwrap()
+            .components
+        {
+            weft::builder::build_if_stale(&entry).unwrap();
+        }
+    });
+}
+
+fn manifest() -> PathBuf {
+    workspace_root().join("examples/shop/weft.toml")
+}
+
+impl Env {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request =
+            reqwest::Client::new().request(method.parse().unwrap(), url(&self.host, path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn order(&self, sku: &str, qty: u64) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/orders",
+            Some(json!({ "customer": "ann", "items": [{ "sku": sku, "qty": qty }] })),
+        )
+        .await
+    }
+}
+
+conformance!(
+    orders_reserve_stock_and_announce_themselves,
+    the_last_item_goes_to_exactly_one_order,
+    redeploying_inventory_under_orders_loses_nothing
+);
+
+async fn orders_reserve_stock_and_announce_themselves(env: Env) {
+    let bus = env.host.deployments().backends().bus.clone();
+    let mut created = bus
+        .subscribe("shop.orders.created".into(), None, 16)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.call("PUT", "/inventory/apple", Some(json!({ "stock": 5 })))
+            .await
+            .0,
+        200
+    );
+
+    let (status, order) = env.order("apple", 2).await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(
+        env.call("GET", "/inventory", None).await.1,
+        json!({ "apple": 3 })
+    );
+    let (status, fetched) = env
+        .call(
+            "GET",
+            &format!("/orders/{}", order["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!((status, &fetched), (200, &order));
+    let event = tokio::time::timeout(Duration::from_secs(5), created.messages.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&event.body).unwrap(), order);
+
+    // The JavaScript notifications service saw it too (asynchronously: bounded wait).
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        seen = env.call("GET", "/notifications", None).await.1;
+        if seen.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen[0]["order"], order, "{seen}");
+
+    let (status, refused) = env.order("apple", 4).await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (409, Some("insufficient stock for `apple`"))
+    );
+    let (status, bad) = env
+        .call(
+            "POST",
+            "/orders",
+            Some(json!({ "customer": "ann", "items": [{ "sku": "apple" }] })),
+        )
+        .await;
+    assert_eq!((status, bad["field"].as_str()), (400, Some("items[0].qty")));
+    assert_eq!(env.call("GET", "/orders/o-999999", None).await.0, 404);
+    assert_eq!(
+        env.call("GET", "/orders", None)
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A plain NATS client sees the event too.
+    if let Some(nats) = &env.nats {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let mut events = client.subscribe("shop.orders.created").await.unwrap();
+        client.flush().await.unwrap();
+        assert_eq!(env.order("apple", 1).await.0, 201);
+        let event = tokio::time::timeout(
+            Duration::from_secs(5),
+            futures::StreamExt::next(&mut events),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&event.payload).unwrap()["items"][0]["qty"],
+            1
+        );
+    }
+    env.host.shutdown().await;
+}
+
+async fn the_last_item_goes_to_exactly_one_order(env: Env) {
+    for round in 0..5 {
+        let sku = format!("last-{round}");
+        env.call(
+            "PUT",
+            &format!("/inventory/{sku}"),
+            Some(json!({ "stock": 1 })),
+        )
+        .await;
+        let (a, b) = tokio::join!(env.order(&sku, 1), env.order(&sku, 1));
+        let mut statuses = [a.0, b.0];
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "round {round}: {a:?} {b:?}");
+        assert_eq!(env.call("GET", "/inventory", None).await.1[&sku], 0);
+    }
+    env.host.shutdown().await;
+}
+
+async fn redeploying_inventory_under_orders_loses_nothing(env: Env) {
+    env.call("PUT", "/inventory/bulk", Some(json!({ "stock": 60 })))
+        .await;
+    let env = Arc::new(env);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let env = env.clone();
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..20 {
+                statuses.push(env.order("bulk", 1).await.0);
+            }
+            statuses
+        }));
+    }
+    let manifest = weft_runtime::spec::manifest::Manifest::load(&manifest()).unwrap();
+    let inventory = manifest
+        .components
+        .iter()
+        .find(|c| c.name == "inventory")
+        .unwrap();
+    let wasm = std::fs::read(&inventory.source).unwrap();
+    for version in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut spec = inventory.spec.clone().into_inner();
+        spec.config.insert("DEPLOY".into(), version.to_string());
+        env.host
+            .deployments()
+            .deploy("inventory", spec, wasm.clone().into())
+            .await
+            .unwrap();
+    }
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    let created = statuses.iter().filter(|s| **s == 201).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    // 503: inventory did not answer within orders' 2 s, which only a starved machine
+    // produces. A definite answer too, but its late reservation may still hold stock.
+    let unavailable = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!(
+        created + refused + unavailable,
+        80,
+        "every client got a definite answer: {statuses:?}"
+    );
+    let stored = env
+        .call("GET", "/orders", None)
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(stored, created, "no order lost, none invented");
+    let available = env.call("GET", "/inventory", None).await.1["bulk"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(
+        created + available <= 60,
+        "nothing sold twice: {created} sold, {available} left of 60"
+    );
+    if unavailable == 0 {
+        assert_eq!(
+            (created, available),
+            (60, 0),
+            "exactly the stock was sold: {statuses:?}"
+        );
+    }
+    Arc::into_inner(env).unwrap().host.shutdown().await;
+}

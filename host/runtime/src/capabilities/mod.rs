@@ -1,0 +1,87 @@
+//! Host capabilities: what a guest may import, and what its manifest entry grants it.
+//!
+//! Each capability is one module here, in the shape of wasmtime's `wasi-keyvalue` crate:
+//! its **grant** (what the spec allows, built once per deployment by [`Grants::new`]),
+//! its per-instance **view** or state, and a generic
+//! `add_to_linker<T>(linker, get: fn(&mut T) -> View)` that never names the host's store
+//! type. Everything is denied unless the grant allows it, and each grant is checked in
+//! exactly one place: the capability's own module, with unit tests of its rules beside it.
+//!
+//! | module | imports | grant (spec field) |
+//! |---|---|---|
+//! | [`wasi`] | all of WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...) | `config` (environment); nothing else: no files, no sockets |
+//! | [`guest_log`] | stdout and stderr of `wasi:cli` | always: each line is logged |
+//! | [`outbound_http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` |
+//! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` |
+//! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft) | `buckets` |
+//!
+//! ## Adding a capability
+//! 1. `capabilities/NAME.rs`: the bindings (`bindgen!` on a world under `wit/`), the
+//!    grant type with `fn grant(spec, backends) -> Grant`, the view, `add_to_linker<T>`,
+//!    and unit tests of the grant's rules.
+//! 2. `spec/mod.rs`: the spec field that grants it (default: nothing), and its checks in
+//!    `ComponentSpec::validate`. `weft.toml` and the admin API read it from there.
+//! 3. Here: a field of [`Grants`] and its line in [`Grants::new`].
+//! 4. `store_data.rs`: the per-instance field (built from the grant in
+//!    `StoreData::new`) and one line in `store_data::add_to_linker`.
+//!
+//! Tests: a unit test of the grant's rules in the module, and an end-to-end test through
+//! a real guest (a component under `components/`) that is denied without the grant.
+
+pub mod guest_log;
+pub mod keyvalue;
+pub mod messaging;
+pub mod outbound_http;
+pub mod wasi;
+
+use std::sync::Arc;
+
+use crate::bus::MessageBus;
+use crate::kv::KvStore;
+use crate::spec::ValidSpec;
+
+/// The host's shared backends that grants give access to, chosen when the host starts.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    /// The message bus (embedded or NATS).
+    pub bus: Arc<dyn MessageBus>,
+    /// The key-value store (embedded or NATS).
+    pub kv: Arc<dyn KvStore>,
+}
+
+/// Everything one deployment is granted, built once from its spec and shared by all of
+/// its instances.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    /// The component's name, for logs and error messages.
+    pub component: Arc<str>,
+    /// WASI: the environment (the spec's `config`), and nothing else.
+    pub wasi: wasi::WasiGrant,
+    /// Outgoing HTTP: the hosts it may call.
+    pub outbound_http: outbound_http::OutboundPolicy,
+    /// Messaging: the bus and the subjects it may publish on.
+    pub messaging: messaging::MessagingGrant,
+    /// Key-value: the store and the buckets it may open.
+    pub keyvalue: keyvalue::KvGrant,
+}
+
+impl Grants {
+    /// The grants of component `name` under `spec`, on the host's `backends`.
+    pub fn new(name: &str, spec: &ValidSpec, backends: &Backends) -> Grants {
+        Grants {
+            component: name.into(),
+            wasi: wasi::grant(name, spec),
+            outbound_http: outbound_http::grant(spec),
+            messaging: messaging::grant(name, spec, backends.bus.clone()),
+            keyvalue: keyvalue::grant(spec, backends.kv.clone()),
+        }
+    }
+
+    /// The backends these grants draw on, to build the grants of another spec.
+    pub fn backends(&self) -> Backends {
+        Backends {
+            bus: self.messaging.bus.clone(),
+            kv: self.keyvalue.store.clone(),
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! Host capability: all of WASI 0.2, linked so components from any toolchain load, but
+//! granting nothing beyond the manifest's `config` as environment variables: no
+//! preopened directories, no sockets, no host environment. stdout and stderr go to the
+//! host's log ([`super::guest_log`]).
+
+use std::sync::Arc;
+
+use wasmtime::component::Linker;
+use wasmtime_wasi::{WasiCtx, WasiView};
+
+use super::guest_log::{GuestLog, Tail};
+use crate::spec::ValidSpec;
+
+/// What a component gets of WASI: its name (for its log lines) and its environment.
+#[derive(Debug, Clone)]
+pub struct WasiGrant {
+    component: Arc<str>,
+    env: Arc<[(String, String)]>,
+}
+
+/// The WASI grant of component `name`: its spec's `config` as the environment.
+pub fn grant(name: &str, spec: &ValidSpec) -> WasiGrant {
+    WasiGrant {
+        component: name.into(),
+        env: spec
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+impl WasiGrant {
+    /// A new instance's WASI context; its last stderr lines are kept in `stderr`.
+    pub fn ctx(&self, stderr: Tail) -> WasiCtx {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestLog::new(self.component.clone(), "stdout"))
+            .stderr(GuestLog::new(self.component.clone(), "stderr").keeping_tail(stderr))
+            .envs(&self.env);
+        wasi.build()
+    }
+}
+
+/// Adds all of WASI 0.2 to the linker.
+pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+}

@@ -1,0 +1,291 @@
+//! Deploy flow, step 4: the set of live deployments, swapped atomically as a whole on
+//! every deploy and undeploy, and the triggers told about each change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::{DeployError, Deployment};
+use crate::api::{DeploymentInfo, Tier};
+use crate::capabilities::Backends;
+use crate::compile::CompileCache;
+use crate::engine::Engines;
+use crate::spec::ValidSpec;
+use crate::triggers::{Attachment, Trigger};
+
+/// What is live at one moment: never edited, only replaced.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Deployments by name.
+    pub by_name: BTreeMap<String, Arc<Deployment>>,
+}
+
+/// The outcome of a deploy.
+#[derive(Debug)]
+pub struct Deployed {
+    /// The deployment now live.
+    pub info: DeploymentInfo,
+    /// False when the same code and spec were already live (deploys are idempotent).
+    pub changed: bool,
+}
+
+/// All deployments of a host, the engines they run on, and the triggers that call them.
+pub struct LiveSet {
+    engines: Engines,
+    cache: CompileCache,
+    /// One Cranelift recompile at a time, on the background compile threads, so
+    /// tier-ups never crowd out serving or other deploys.
+    tier_up: tokio::sync::Semaphore,
+    backends: Backends,
+    triggers: Vec<Arc<dyn Trigger>>,
+    live: ArcSwap<Snapshot>,
+    /// What each trigger started for the live deployment of each name.
+    attachments: Mutex<HashMap<String, Vec<Attachment>>>,
+    /// Serialises writers; readers never wait for it.
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for LiveSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSet")
+            .field("live", &self.live.load().by_name.keys())
+            .finish()
+    }
+}
+
+impl LiveSet {
+    /// An empty set on `engines`, granting `backends`, called by `triggers`.
+    pub fn new(
+        engines: Engines,
+        cache: CompileCache,
+        backends: Backends,
+        triggers: Vec<Arc<dyn Trigger>>,
+    ) -> LiveSet {
+        LiveSet {
+            engines,
+            cache,
+            tier_up: tokio::sync::Semaphore::new(1),
+            backends,
+            triggers,
+            live: ArcSwap::from_pointee(Snapshot::default()),
+            attachments: Mutex::new(HashMap::new()),
+            writer: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// What is live now; cheap, never blocks.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Deploys `wasm` as `name`, replacing any earlier version once the new one is ready.
+    /// Requests in flight finish on the version they started on.
+    /// `spec` is validated here if it is not a [`ValidSpec`] yet.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        spec: impl TryInto<ValidSpec, Error: Into<DeployError>>,
+        wasm: bytes::Bytes,
+    ) -> Result<Deployed, DeployError> {
+        let spec = spec.try_into().map_err(Into::into)?;
+        // Cheap checks first, so a bad deploy fails before a long compile.
+        self.check(&self.snapshot(), name, &spec)?;
+
+        let version = crate::compile::digest(&wasm);
+        let current = self.snapshot().by_name.get(name).cloned();
+        let deployment = match current {
+            Some(current) if current.version == version => {
+                if current.spec == spec {
+                    return Ok(Deployed {
+                        info: current.info(),
+                        changed: false,
+                    });
+                }
+                current.with_spec(spec)?
+            }
+            _ => {
+                let (engines, cache, owned_name) =
+                    (self.engines.clone(), self.cache.clone(), name.to_string());
+                let backends = self.backends.clone();
+                let (wasm, version) = (wasm.clone(), version.clone());
+                // Compiling is CPU-bound and can take seconds: keep it off the I/O threads.
+                tokio::task::spawn_blocking(move || {
+                    Deployment::prepare(
+                        &engines,
+                        &cache,
+                        &backends,
+                        &owned_name,
+                        spec,
+                        &wasm,
+                        version,
+                    )
+                })
+                .await
+                .map_err(|e| DeployError::Compile(format!("compile task failed: {e}")))??
+            }
+        };
+
+        let deployment = Arc::new(deployment);
+        self.install(&deployment, None).await?;
+        tracing::info!(component = name, version = %deployment.version, compiled = ?deployment.compiled, tier = ?deployment.tier, "deployed");
+        if deployment.tier == Tier::Baseline {
+            tokio::spawn(self.clone().tier_up(deployment.clone(), wasm));
+        }
+        Ok(Deployed {
+            info: deployment.info(),
+            changed: true,
+        })
+    }
+
+    /// Makes `deployment` live under its name. With `replacing`, only if that exact
+    /// deployment is still the live one (returns false otherwise).
+    async fn install(
+        &self,
+        deployment: &Arc<Deployment>,
+        replacing: Option<&Arc<Deployment>>,
+    ) -> Result<bool, DeployError> {
+        let name = deployment.name.as_str();
+        let _writer = self.writer.lock().await;
+        if replacing.is_some_and(|expected| !self.is_live(expected)) {
+            return Ok(false);
+        }
+        let live = self.snapshot();
+        self.check(&live, name, &deployment.spec)?;
+        // The new version is attached (joins its queue groups, say) before the old one
+        // is detached, so a stream of messages never finds nobody subscribed.
+        let mut attached = Vec::with_capacity(self.triggers.len());
+        for trigger in &self.triggers {
+            match trigger.attach(deployment).await {
+                Ok(attachment) => attached.push(attachment),
+                Err(e) => {
+                    detach_all(attached).await;
+                    return Err(e);
+                }
+            }
+        }
+        let mut by_name = live.by_name.clone();
+        by_name.insert(name.to_string(), deployment.clone());
+        self.publish(by_name);
+        let old = self.replace_attachments(name, attached);
+        tokio::spawn(detach_all(old));
+        Ok(true)
+    }
+
+    /// Recompiles a deployment that started on Winch with Cranelift, in the background,
+    /// and switches to the new code atomically, as a redeploy of the same version would.
+    async fn tier_up(self: Arc<Self>, baseline: Arc<Deployment>, wasm: bytes::Bytes) {
+        let Ok(_turn) = self.tier_up.acquire().await else {
+            return;
+        };
+        if !self.is_live(&baseline) {
+            return; // replaced or removed while waiting
+        }
+        let (engines, cache, current) =
+            (self.engines.clone(), self.cache.clone(), baseline.clone());
+        let optimized = tokio::task::spawn_blocking(move || {
+            crate::compile::in_background(|| current.optimized(&engines, &cache, &wasm))
+        })
+        .await;
+        let name = &baseline.name;
+        let optimized = match optimized {
+            Ok(Ok(optimized)) => Arc::new(optimized),
+            Ok(Err(e)) => {
+                tracing::warn!(component = %name, "keeps running on Winch code: Cranelift failed: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(component = %name, "keeps running on Winch code: the compile task failed: {e}");
+                return;
+            }
+        };
+        match self.install(&optimized, Some(&baseline)).await {
+            Ok(true) => {
+                tracing::info!(component = %name, version = %optimized.version, compiled = ?optimized.compiled, "switched to optimized code")
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(component = %name, "keeps running on Winch code: {e}"),
+        }
+    }
+
+    /// Whether `deployment` itself (not just its name) is what serves now.
+    fn is_live(&self, deployment: &Arc<Deployment>) -> bool {
+        self.snapshot()
+            .by_name
+            .get(&deployment.name)
+            .is_some_and(|d| Arc::ptr_eq(d, deployment))
+    }
+
+    /// Removes `name`; its routes answer 404 from now on, requests in flight finish.
+    pub async fn undeploy(&self, name: &str) -> Result<DeploymentInfo, DeployError> {
+        let _writer = self.writer.lock().await;
+        let mut by_name = self.snapshot().by_name.clone();
+        let removed = by_name
+            .remove(name)
+            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+        self.publish(by_name);
+        detach_all(self.replace_attachments(name, Vec::new())).await;
+        tracing::info!(component = name, version = %removed.version, "undeployed");
+        Ok(removed.info())
+    }
+
+    /// Drops the idle instances (kept or spare) idle for `idle_for` or longer; returns
+    /// how many.
+    pub fn expire_idle_instances(&self, idle_for: std::time::Duration) -> usize {
+        self.snapshot()
+            .by_name
+            .values()
+            .map(|d| d.entries.expire(idle_for))
+            .sum()
+    }
+
+    /// Everything live, by name.
+    pub fn list(&self) -> Vec<DeploymentInfo> {
+        self.snapshot().by_name.values().map(|d| d.info()).collect()
+    }
+
+    /// The backends deployments are granted (bus and key-value store).
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// Stops every trigger's delivery to every deployment and waits for the calls
+    /// already taken in (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<Attachment> = {
+            let mut attachments = self.attachments.lock().unwrap_or_else(|e| e.into_inner());
+            attachments.drain().flat_map(|(_, a)| a).collect()
+        };
+        detach_all(all).await;
+    }
+
+    /// Asks every trigger whether `spec` may go live as `name` next to `live`.
+    fn check(&self, live: &Snapshot, name: &str, spec: &ValidSpec) -> Result<(), DeployError> {
+        self.triggers
+            .iter()
+            .try_for_each(|trigger| trigger.check(live, name, spec))
+    }
+
+    /// Records `new` as what the triggers started for `name`; returns what it replaces.
+    fn replace_attachments(&self, name: &str, new: Vec<Attachment>) -> Vec<Attachment> {
+        let mut attachments = self.attachments.lock().unwrap_or_else(|e| e.into_inner());
+        let old = attachments.remove(name).unwrap_or_default();
+        if !new.is_empty() {
+            attachments.insert(name.to_string(), new);
+        }
+        old
+    }
+
+    fn publish(&self, by_name: BTreeMap<String, Arc<Deployment>>) {
+        let snapshot = Arc::new(Snapshot { by_name });
+        self.live.store(snapshot.clone());
+        for trigger in &self.triggers {
+            trigger.went_live(&snapshot);
+        }
+    }
+}
+
+/// Detaches (stops and drains) every attachment, all at once.
+async fn detach_all(attachments: Vec<Attachment>) {
+    futures::future::join_all(attachments.into_iter().map(Attachment::detach)).await;
+}

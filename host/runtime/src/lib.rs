@@ -1,0 +1,33 @@
+//! weft-runtime: the host that runs WebAssembly components on HTTP routes and message
+//! subjects. Layers point one way, each depending only on those above it:
+//!
+//! - [`spec`] and [`api`]: plain data (what a deployment asks for; the admin API's wire
+//!   types), with `weft.toml` parsing in [`spec::manifest`].
+//! - [`bus`] and [`kv`]: the backends (embedded or NATS) behind one trait each.
+//! - [`capabilities`]: what a guest may import, each checked against its grant.
+//! - [`store_data`], [`instance`], [`call`], [`failure`]: where a component is
+//!   instantiated, its idle instances, and the one call path every trigger takes.
+//! - [`triggers`]: what calls a component: an HTTP request enters in [`triggers::http`],
+//!   a message in [`triggers::messaging`].
+//! - [`deploy`], [`engine`], [`compile`]: checking, compiling and swapping in versions.
+//! - [`host`] (the running host) and [`admin`] (its API).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod admin;
+pub mod api;
+pub mod bus;
+pub mod call;
+pub mod capabilities;
+pub mod compile;
+pub mod deploy;
+pub mod engine;
+pub mod failure;
+pub mod host;
+pub mod instance;
+pub mod kv;
+pub mod spec;
+pub mod store_data;
+pub mod triggers;
+
+pub use host::{Host, HostConfig};

@@ -1,0 +1,322 @@
+//! What a deployment asks of the host: routes, subscriptions, limits, grants and config.
+//! The same shape is read from a `weft.toml` component entry and from an admin deploy.
+//! Plain data: this layer depends on no runtime module. [`ComponentSpec::validate`]
+//! checks it once into a [`ValidSpec`], which is what the runtime takes; each problem is
+//! a [`SpecError`] naming the key it is about.
+
+pub mod manifest;
+pub mod route;
+pub mod subject;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything about a component except its code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSpec {
+    /// HTTP routes served by the component.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+    /// Resource limits; any left out take their defaults.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Configuration values, readable by the guest as environment variables.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Hosts (`name` or `name:port`, `*` for any) the guest may call with outgoing HTTP.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Subjects whose messages the component handles.
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// Subject patterns (NATS wildcards) the guest may publish and request on.
+    #[serde(default)]
+    pub allowed_publish: Vec<String>,
+    /// Key-value buckets the guest may open.
+    #[serde(default)]
+    pub buckets: Vec<String>,
+}
+
+/// One subscription: a subject and how its messages are shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Subject, with NATS wildcards (`*` one token, `>` the rest).
+    pub subject: String,
+    /// Queue group; default: the component's name, so its instances on all hosts share the load.
+    #[serde(default)]
+    pub queue_group: Option<String>,
+    /// Every instance on every host gets every message (no queue group).
+    #[serde(default)]
+    pub broadcast: bool,
+    /// Messages handled at once; when reached, the host stops pulling.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    64
+}
+
+/// One HTTP route: a path pattern and, optionally, the methods it accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// `/exact`, `/users/:id` or `/static/...` (trailing wildcard).
+    pub path: String,
+    /// Upper-case method names; empty means any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Per-component limits. Every field has a default, so `[limits]` may name only some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock deadline for one request, in milliseconds (exceeded: 504).
+    pub timeout_ms: u64,
+    /// Cap on the guest's linear memory, in MiB (exceeded: allocation fails or traps, 500).
+    pub memory_mb: u64,
+    /// Instances running at once (excess requests: 503 with `Retry-After`).
+    pub max_concurrency: u32,
+    /// Largest request body accepted, in bytes (larger: 413).
+    pub max_body_bytes: u64,
+    /// HTTP requests one instance serves in turn before it is thrown away. The default,
+    /// 1, gives every request a fresh instance. More is an opt-in for guests whose
+    /// start-up is expensive (JavaScript, Python): an instance is reused only after a
+    /// request it completed, never by two requests at once, and never after a trap or
+    /// a missed deadline. Guest globals then survive from one request to the next.
+    pub requests_per_instance: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 30_000,
+            memory_mb: 128,
+            max_concurrency: 256,
+            max_body_bytes: 10 * 1024 * 1024,
+            requests_per_instance: 1,
+        }
+    }
+}
+
+/// Upper bound on `memory_mb`: the host's pooling allocator reserves this much per slot.
+pub const MAX_MEMORY_MB: u64 = 4096;
+
+/// A spec problem: the key it is about (`routes[0].path`, `limits.memory_mb`, ...), and
+/// what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct SpecError {
+    /// The key's path within the spec, as it would be written in `weft.toml`.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<std::convert::Infallible> for SpecError {
+    fn from(never: std::convert::Infallible) -> SpecError {
+        match never {}
+    }
+}
+
+/// A spec that passed [`ComponentSpec::validate`]: the only kind the runtime accepts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ValidSpec(ComponentSpec);
+
+impl std::ops::Deref for ValidSpec {
+    type Target = ComponentSpec;
+
+    fn deref(&self) -> &ComponentSpec {
+        &self.0
+    }
+}
+
+impl ValidSpec {
+    /// The spec, to change and validate again.
+    pub fn into_inner(self) -> ComponentSpec {
+        self.0
+    }
+}
+
+impl TryFrom<ComponentSpec> for ValidSpec {
+    type Error = SpecError;
+
+    fn try_from(spec: ComponentSpec) -> Result<ValidSpec, SpecError> {
+        spec.validate()
+    }
+}
+
+impl ComponentSpec {
+    /// Checks what serde cannot (value ranges, route and subject syntax, method and bucket
+    /// names), once: the result is a [`ValidSpec`].
+    pub fn validate(self) -> Result<ValidSpec, SpecError> {
+        let l = &self.limits;
+        if l.timeout_ms == 0 {
+            return Err(SpecError::new("limits.timeout_ms", "must be at least 1"));
+        }
+        if l.memory_mb == 0 || l.memory_mb > MAX_MEMORY_MB {
+            return Err(SpecError::new(
+                "limits.memory_mb",
+                format!("must be between 1 and {MAX_MEMORY_MB}"),
+            ));
+        }
+        if l.max_concurrency == 0 {
+            return Err(SpecError::new("limits.max_concurrency", "must be at least 1"));
+        }
+        if l.requests_per_instance == 0 {
+            return Err(SpecError::new(
+                "limits.requests_per_instance",
+                "must be at least 1 (1: a fresh instance per request)",
+            ));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            route::Pattern::parse(&route.path).map_err(|e| {
+                SpecError::new(format!("routes[{i}].path"), format!("route `{}`: {e}", route.path))
+            })?;
+            for (j, method) in route.methods.iter().enumerate() {
+                http::Method::from_bytes(method.as_bytes())
+                    .ok()
+                    .filter(|_| method.chars().all(|c| c.is_ascii_uppercase()))
+                    .ok_or_else(|| {
+                        SpecError::new(
+                            format!("routes[{i}].methods[{j}]"),
+                            format!(
+                                "route `{}`: `{method}` is not an upper-case HTTP method",
+                                route.path
+                            ),
+                        )
+                    })?;
+            }
+        }
+        for (i, sub) in self.subscriptions.iter().enumerate() {
+            if !subject::valid_pattern(&sub.subject) {
+                return Err(SpecError::new(
+                    format!("subscriptions[{i}].subject"),
+                    format!("`{}` is not a valid NATS subject", sub.subject),
+                ));
+            }
+            if sub.max_in_flight == 0 {
+                return Err(SpecError::new(
+                    format!("subscriptions[{i}].max_in_flight"),
+                    format!("subscription `{}`: must be at least 1", sub.subject),
+                ));
+            }
+            if sub.broadcast && sub.queue_group.is_some() {
+                return Err(SpecError::new(
+                    format!("subscriptions[{i}].queue_group"),
+                    format!(
+                        "subscription `{}`: `broadcast` and `queue_group` exclude each other",
+                        sub.subject
+                    ),
+                ));
+            }
+        }
+        for (i, subject) in self.allowed_publish.iter().enumerate() {
+            if !subject::valid_pattern(subject) {
+                return Err(SpecError::new(
+                    format!("allowed_publish[{i}]"),
+                    format!("`{subject}` is not a valid NATS subject"),
+                ));
+            }
+        }
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            if !valid_bucket(bucket) {
+                return Err(SpecError::new(
+                    format!("buckets[{i}]"),
+                    format!(
+                        "`{bucket}` is not a valid bucket name (use a-z, A-Z, 0-9, `-` and `_`)"
+                    ),
+                ));
+            }
+        }
+        for (i, host) in self.allowed_outbound_hosts.iter().enumerate() {
+            if host.is_empty() || host.contains('/') {
+                return Err(SpecError::new(
+                    format!("allowed_outbound_hosts[{i}]"),
+                    format!("`{host}` is not a host name (expected `name`, `name:port` or `*`)"),
+                ));
+            }
+        }
+        Ok(ValidSpec(self))
+    }
+}
+
+/// Whether `name` is usable as a key-value bucket name on every backend.
+pub fn valid_bucket(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks that a component name is usable in URLs, logs and file names.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "name",
+            format!(
+                "component name `{name}` must start with a-z and use only a-z, 0-9, `-` and `_` (64 characters at most)"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_limits_and_routes() {
+        let check = |spec: &ComponentSpec| spec.clone().validate().map(|_| ());
+        let mut spec = ComponentSpec::default();
+        assert!(check(&spec).is_ok());
+        spec.limits.memory_mb = 0;
+        assert_eq!(check(&spec).unwrap_err().key, "limits.memory_mb");
+        spec.limits.memory_mb = 16;
+        spec.routes.push(RouteSpec {
+            path: "no-slash".into(),
+            methods: vec![],
+        });
+        let err = check(&spec).unwrap_err();
+        assert!(err.to_string().contains("no-slash"), "{err}");
+        assert_eq!(err.key, "routes[0].path");
+        spec.routes[0] = RouteSpec {
+            path: "/ok".into(),
+            methods: vec!["get".into()],
+        };
+        let err = check(&spec).unwrap_err();
+        assert!(err.to_string().contains("upper-case"), "{err}");
+        assert_eq!(err.key, "routes[0].methods[0]");
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("orders-v2").is_ok());
+        assert!(validate_name("Orders").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("../x").is_err());
+    }
+}

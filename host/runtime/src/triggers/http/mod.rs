@@ -1,0 +1,569 @@
+//! HTTP flow, steps 1 and 3: where a request enters (the listener's app), is admitted
+//! (route, body and concurrency limits), runs through the call path in a fresh instance
+//! and becomes a response. Routing (step 2) is `router.rs`.
+
+pub mod router;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderValue, Method, StatusCode, header};
+use hyper::body::Frame;
+use serde_json::json;
+use wasmtime::component::{InstancePre, Resource};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
+
+use self::router::{RouteTable, Routed};
+use super::{Attachment, Trigger};
+use crate::call::{Call, Invoke};
+use crate::deploy::{DeployError, Deployment, Snapshot};
+use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
+use crate::spec::{ComponentSpec, ValidSpec};
+use crate::store_data::StoreData;
+
+impl Pre for ProxyPre<StoreData> {
+    type Exports = Proxy;
+
+    fn instantiate_async<'a>(
+        &'a self,
+        store: &'a mut Store<StoreData>,
+    ) -> BoxFuture<'a, wasmtime::Result<Proxy>> {
+        Box::pin(ProxyPre::instantiate_async(self, store))
+    }
+}
+
+/// The component's `wasi:http/incoming-handler` export, with a pool of up to one idle
+/// instance per request it may run at once. `None` if it has no such export; an error if
+/// it has routes all the same.
+pub fn link(
+    pre: &InstancePre<StoreData>,
+    spec: &ValidSpec,
+    budget: &Arc<IdleBudget>,
+) -> Result<Option<Entry<ProxyPre<StoreData>>>, DeployError> {
+    let Ok(pre) = ProxyPre::new(pre.clone()) else {
+        if !spec.routes.is_empty() {
+            return Err(DeployError::WrongWorld(
+                "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let limits = &spec.limits;
+    let pool = InstancePool::new(
+        limits.requests_per_instance,
+        limits.max_concurrency,
+        budget.clone(),
+    );
+    Ok(Some(Entry { pre, pool }))
+}
+
+/// The HTTP trigger: the route table of every live deployment, rebuilt whenever the live
+/// set changes.
+#[derive(Debug, Default)]
+pub struct HttpTrigger {
+    routes: ArcSwap<RouteTable>,
+}
+
+impl HttpTrigger {
+    /// A trigger with no routes yet.
+    pub fn new() -> HttpTrigger {
+        HttpTrigger::default()
+    }
+
+    /// The routes now.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// The axum app that serves every route of every deployment.
+    pub fn app(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().fallback(handle).with_state(self.clone())
+    }
+}
+
+impl Trigger for HttpTrigger {
+    /// Refuses routes that clash with another component's.
+    fn check(&self, live: &Snapshot, name: &str, spec: &ValidSpec) -> Result<(), DeployError> {
+        let mut specs: Vec<(&str, &ComponentSpec)> = vec![(name, spec)];
+        specs.extend(
+            live.by_name
+                .values()
+                .filter(|d| d.name != name)
+                .map(|d| (d.name.as_str(), &*d.spec)),
+        );
+        crate::spec::route::check_conflicts(&specs).map_err(DeployError::RouteConflict)
+    }
+
+    fn attach<'a>(
+        &'a self,
+        _deployment: &'a Arc<Deployment>,
+    ) -> BoxFuture<'a, Result<Attachment, DeployError>> {
+        // Requests find a deployment through the route table, rebuilt in `went_live`.
+        Box::pin(async { Ok(Attachment::none()) })
+    }
+
+    fn went_live(&self, live: &Snapshot) {
+        self.routes
+            .store(Arc::new(RouteTable::build(live.by_name.values())));
+    }
+}
+
+/// Everything a client can be told instead of the guest's own response.
+#[derive(Debug)]
+pub enum HttpError {
+    /// No route matches the path.
+    NotFound { method: Method, path: String },
+    /// A route matches the path but not the method.
+    MethodNotAllowed { allow: Vec<Method> },
+    /// Body larger than the component's limit.
+    PayloadTooLarge { limit: u64 },
+    /// All of the component's instances are busy.
+    Overloaded { component: String },
+    /// The component did not answer within its deadline.
+    Deadline { component: String },
+    /// The component trapped or failed before answering. The cause is logged, and
+    /// kept for the test harness; clients only see that it failed.
+    GuestFailed { component: String, cause: String },
+    /// The request cannot be handed to a component.
+    BadRequest(String),
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            HttpError::NotFound { method, path } => (
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {path}"),
+            ),
+            HttpError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed for this route".to_string(),
+            ),
+            HttpError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds the limit of {limit} bytes"),
+            ),
+            HttpError::Overloaded { component } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("component `{component}` is at its concurrency limit, retry later"),
+            ),
+            HttpError::Deadline { component } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("component `{component}` did not answer in time"),
+            ),
+            HttpError::GuestFailed { component, .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("component `{component}` failed to handle the request"),
+            ),
+            HttpError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+        };
+        let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
+        match self {
+            HttpError::Overloaded { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            HttpError::MethodNotAllowed { allow } => {
+                let allow = allow
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(value) = HeaderValue::from_str(&allow) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+async fn handle(
+    State(trigger): State<Arc<HttpTrigger>>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    let routes = trigger.routes.load();
+    let deployment = match routes.lookup(request.method(), request.uri().path())
+    {
+        Routed::Found(route) => route.deployment.clone(),
+        Routed::MethodNotAllowed(allow) => return Err(HttpError::MethodNotAllowed { allow }),
+        Routed::NotFound => {
+            return Err(HttpError::NotFound {
+                method: request.method().clone(),
+                path: request.uri().path().into(),
+            });
+        }
+    };
+    drop(routes);
+    deployment.requests.fetch_add(1, Ordering::Relaxed);
+    dispatch(&deployment, request).await
+}
+
+/// Runs one request through a fresh instance of `deployment`, applying its limits.
+/// Also the in-process entry point of the component test harness.
+pub async fn dispatch(
+    deployment: &Arc<Deployment>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    let limit = deployment.spec.limits.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(HttpError::PayloadTooLarge { limit });
+    }
+    let permit = deployment
+        .concurrency
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| HttpError::Overloaded {
+            component: deployment.name.clone(),
+        })?;
+
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| LimitedBody {
+        inner: body,
+        remaining: limit,
+        exceeded: exceeded.clone(),
+    });
+    // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
+    // store, instantiated in `run`; then the next spare, if the pool wants one.
+    let Some(mut call) = Call::begin(deployment, |d| d.entries.http.as_ref(), None) else {
+        return Err(HttpError::GuestFailed {
+            component: deployment.name.clone(),
+            cause: "the component has no HTTP handler".into(),
+        });
+    };
+    let deadline = call.deadline();
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (wasi_request, out) = {
+        let mut http = call.store_mut().data_mut().http();
+        let req = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| HttpError::BadRequest(format!("invalid request: {e}")))?;
+        let out = http
+            .new_response_outparam(sender)
+            .map_err(|_| HttpError::BadRequest("invalid request".into()))?;
+        (req, out)
+    };
+
+    let failed_midway = Arc::new(AtomicBool::new(false));
+    let task_failed = failed_midway.clone();
+    let instance = Box::pin(async move {
+        let _permit = permit;
+        match call.run(HandleRequest { request: wasi_request, out }).await {
+            // The guest returned, so it has written all of its body; the call path has
+            // put the instance back for the next request (if the component reuses them).
+            Ok(()) => Ok(()),
+            Err(failure) => {
+                // Set before the store (and with it the body's sender) is dropped, so a
+                // body cut short reads as an error, not as a complete response.
+                task_failed.store(true, Ordering::Release);
+                Err(failure.error)
+            }
+        }
+    });
+
+    // Run the instance right here until it sets its response: most guests finish the
+    // whole body before this returns, and no task, no wake-up of another thread is
+    // needed. One still writing its body then gets a task of its own.
+    let (outcome, task) = {
+        let mut instance = RunToCompletion(Some(instance));
+        let mut finished = None;
+        let receive = tokio::time::timeout_at(deadline.into(), receiver);
+        tokio::pin!(receive);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                result = instance.running(), if finished.is_none() => {
+                    instance.0 = None;
+                    finished = Some(result);
+                }
+                outcome = &mut receive => break outcome,
+            }
+        };
+        let task = match (finished, instance.0.take()) {
+            (Some(result), _) => Instance::Finished(result),
+            (None, Some(running)) => Instance::Running(tokio::spawn(running)),
+            (None, None) => Instance::Finished(Err(anyhow::anyhow!("the instance vanished"))),
+        };
+        (outcome, task)
+    };
+    let failed = |task: Instance| async move {
+        let result = match task {
+            Instance::Finished(result) => result,
+            Instance::Running(task) => task
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the instance task failed: {e}"))),
+        };
+        let error = match result {
+            Ok(()) => {
+                let error = anyhow::anyhow!("the guest returned without setting a response");
+                crate::failure::log(deployment, &error);
+                error
+            }
+            Err(e) => e,
+        };
+        Err(classify(deployment, &error))
+    };
+    match outcome {
+        Ok(Ok(Ok(response))) => {
+            if exceeded.load(Ordering::Relaxed) {
+                return Err(HttpError::PayloadTooLarge { limit });
+            }
+            let (head, body) = response.into_parts();
+            match gather(body).await {
+                Gathered::Complete(bytes) if !failed_midway.load(Ordering::Acquire) => {
+                    Ok(Response::from_parts(head, Body::from(bytes)))
+                }
+                // The instance failed before finishing: the head is not sent yet, so
+                // the client gets a proper error instead of a broken body.
+                Gathered::Complete(_) | Gathered::Failed => failed(task).await,
+                Gathered::Streaming { pending, rest } => Ok(Response::from_parts(
+                    head,
+                    Body::new(GuardedBody {
+                        pending,
+                        inner: rest,
+                        failed: failed_midway,
+                    }),
+                )),
+            }
+        }
+        Ok(Ok(Err(code))) => {
+            tracing::warn!(component = %deployment.name, version = %deployment.version, "guest answered with error code {code:?}");
+            if exceeded.load(Ordering::Relaxed) {
+                return Err(HttpError::PayloadTooLarge { limit });
+            }
+            Err(HttpError::GuestFailed {
+                component: deployment.name.clone(),
+                cause: format!("the guest answered with error code {code:?}"),
+            })
+        }
+        Ok(Err(_dropped)) => failed(task).await,
+        Err(_elapsed) => {
+            if let Instance::Running(task) = task {
+                task.abort();
+            }
+            crate::failure::log(deployment, &Trap::Interrupt.into());
+            Err(HttpError::Deadline {
+                component: deployment.name.clone(),
+            })
+        }
+    }
+}
+
+/// The call into an instance while it runs on the request's own task. If the request
+/// is dropped (the client went away), the instance still runs to completion, on a task
+/// of its own, as it would had it been spawned from the start.
+struct RunToCompletion(Option<Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>>);
+
+impl RunToCompletion {
+    async fn running(&mut self) -> anyhow::Result<()> {
+        match self.0.as_mut() {
+            Some(call) => call.await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for RunToCompletion {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            tokio::spawn(call);
+        }
+    }
+}
+
+/// An instance after its response head: done, or still writing its body in a task.
+enum Instance {
+    Finished(anyhow::Result<()>),
+    Running(tokio::task::JoinHandle<anyhow::Result<()>>),
+}
+
+/// What the client is told about a failed instance.
+fn classify(deployment: &Deployment, error: &anyhow::Error) -> HttpError {
+    let component = deployment.name.clone();
+    if crate::failure::is_deadline(error) {
+        HttpError::Deadline { component }
+    } else {
+        HttpError::GuestFailed {
+            component,
+            cause: crate::failure::one_line(error),
+        }
+    }
+}
+
+/// A call of `incoming-handler.handle`.
+struct HandleRequest {
+    request: Resource<HostIncomingRequest>,
+    out: Resource<HostResponseOutparam>,
+}
+
+impl Invoke<Proxy> for HandleRequest {
+    type Output = ();
+
+    fn invoke<'a>(
+        self,
+        proxy: &'a Proxy,
+        store: &'a mut Store<StoreData>,
+    ) -> BoxFuture<'a, wasmtime::Result<()>> {
+        Box::pin(
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(store, self.request, self.out),
+        )
+    }
+}
+
+/// How long a response head waits for the rest of its body, and how much body it
+/// waits for. A guest sets the head before it writes the body; sending the head at once
+/// would cost one write (one packet) for the head and more for the body. Bodies that end
+/// within the window go out with the head in one write, with a Content-Length.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+const GATHER_MAX_BYTES: usize = 256 * 1024;
+
+enum Gathered {
+    /// The whole body.
+    Complete(Bytes),
+    /// Still going after the window or beyond the size: what came so far, and the rest.
+    Streaming {
+        pending: std::collections::VecDeque<Frame<Bytes>>,
+        rest: HyperOutgoingBody,
+    },
+    /// The body broke off with an error.
+    Failed,
+}
+
+/// Collects the guest's body for up to [`GATHER_WINDOW`] and [`GATHER_MAX_BYTES`].
+async fn gather(mut body: HyperOutgoingBody) -> Gathered {
+    use http_body_util::BodyExt;
+    let mut pending = std::collections::VecDeque::new();
+    let mut size = 0;
+    let window = tokio::time::sleep(GATHER_WINDOW);
+    tokio::pin!(window);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            () = &mut window => return Gathered::Streaming { pending, rest: body },
+        };
+        match frame {
+            None => {
+                let mut all = bytes::BytesMut::with_capacity(size);
+                for frame in pending {
+                    if let Ok(data) = frame.into_data() {
+                        all.extend_from_slice(&data);
+                    }
+                }
+                return Gathered::Complete(all.freeze());
+            }
+            Some(Ok(frame)) => {
+                let trailers = frame.is_trailers();
+                size += frame.data_ref().map_or(0, Bytes::len);
+                pending.push_back(frame);
+                if trailers || size > GATHER_MAX_BYTES {
+                    return Gathered::Streaming {
+                        pending,
+                        rest: body,
+                    };
+                }
+            }
+            Some(Err(_)) => return Gathered::Failed,
+        }
+    }
+}
+
+/// The response body from the guest, after what [`gather`] collected: if the instance
+/// fails before finishing it, the client sees a broken body rather than a clean,
+/// truncated one.
+struct GuardedBody {
+    pending: std::collections::VecDeque<Frame<Bytes>>,
+    inner: HyperOutgoingBody,
+    failed: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(frame) = this.pending.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) if this.failed.load(Ordering::Acquire) => {
+                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
+                    "the instance stopped before finishing the body".into(),
+                )))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty()
+            && self.inner.is_end_stream()
+            && !self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// The request body handed to the guest, cut off after the component's byte limit.
+struct LimitedBody {
+    inner: Body,
+    remaining: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if len > this.remaining {
+                    this.exceeded.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpRequestBodySize(
+                        None,
+                    ))));
+                }
+                this.remaining -= len;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(
+                wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+            ))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}

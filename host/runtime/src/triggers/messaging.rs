@@ -1,0 +1,262 @@
+//! NATS flow, steps 1 to 4: one task per subscription pulls messages (admission: at most
+//! `max_in_flight` at once, then it stops pulling), runs each through the call path in a
+//! fresh instance (or a kept one, if the component opted into reuse), and answers a failed
+//! request with NATS service-error headers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use wasmtime::Store;
+use wasmtime::component::InstancePre;
+
+use super::{Attachment, Trigger};
+use crate::bus::{Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery};
+use crate::call::{Call, Invoke};
+use crate::capabilities::messaging::BrokerMessage;
+use crate::deploy::{DeployError, Deployment};
+use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
+use crate::spec::ValidSpec;
+use crate::store_data::StoreData;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "weft:platform/guest-message-handler",
+        exports: { default: async },
+        with: {
+            "wasmcloud:messaging/types": crate::capabilities::messaging::bindings::wasmcloud::messaging::types,
+        },
+    });
+}
+
+pub use bindings::{GuestMessageHandler, GuestMessageHandlerPre};
+
+impl Pre for GuestMessageHandlerPre<StoreData> {
+    type Exports = GuestMessageHandler;
+
+    fn instantiate_async<'a>(
+        &'a self,
+        store: &'a mut Store<StoreData>,
+    ) -> BoxFuture<'a, wasmtime::Result<GuestMessageHandler>> {
+        Box::pin(GuestMessageHandlerPre::instantiate_async(self, store))
+    }
+}
+
+/// The component's `wasmcloud:messaging/handler` export, with a pool of up to one idle
+/// instance per message its subscriptions may have in flight. `None` if it has no such
+/// export; an error if it has subscriptions all the same.
+pub fn link(
+    pre: &InstancePre<StoreData>,
+    spec: &ValidSpec,
+    budget: &Arc<IdleBudget>,
+) -> Result<Option<Entry<GuestMessageHandlerPre<StoreData>>>, DeployError> {
+    let Ok(pre) = GuestMessageHandlerPre::new(pre.clone()) else {
+        if !spec.subscriptions.is_empty() {
+            return Err(DeployError::WrongWorld(
+                "the component does not export `wasmcloud:messaging/handler@0.2.0`, so it cannot handle subscriptions".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let in_flight = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
+    let pool = InstancePool::new(spec.limits.requests_per_instance, in_flight, budget.clone());
+    Ok(Some(Entry { pre, pool }))
+}
+
+/// The message trigger: subscribes every deployment to the subjects its spec lists.
+#[derive(Debug)]
+pub struct MessagingTrigger {
+    bus: Arc<dyn MessageBus>,
+}
+
+impl MessagingTrigger {
+    /// A trigger on `bus`.
+    pub fn new(bus: Arc<dyn MessageBus>) -> MessagingTrigger {
+        MessagingTrigger { bus }
+    }
+}
+
+/// One subscription being served.
+#[derive(Debug)]
+struct Running {
+    stop: Box<dyn StopDelivery>,
+    task: JoinHandle<()>,
+}
+
+impl Trigger for MessagingTrigger {
+    fn attach<'a>(
+        &'a self,
+        deployment: &'a Arc<Deployment>,
+    ) -> BoxFuture<'a, Result<Attachment, DeployError>> {
+        async move {
+            let running = self.subscribe(deployment).await?;
+            Ok(Attachment::new(retire(running).boxed()))
+        }
+        .boxed()
+    }
+}
+
+impl MessagingTrigger {
+    /// Subscribes `deployment` to everything its spec lists.
+    async fn subscribe(&self, deployment: &Arc<Deployment>) -> Result<Vec<Running>, DeployError> {
+        let mut running = Vec::new();
+        for sub in &deployment.spec.subscriptions {
+            let group = if sub.broadcast {
+                None
+            } else {
+                Some(
+                    sub.queue_group
+                        .clone()
+                        .unwrap_or_else(|| deployment.name.clone()),
+                )
+            };
+            let buffer = sub.max_in_flight as usize;
+            let subscription = match self.bus.subscribe(sub.subject.clone(), group, buffer).await {
+                Ok(s) => s,
+                Err(e) => {
+                    retire(running).await;
+                    return Err(DeployError::Messaging(format!(
+                        "subscribing to `{}`: {e}",
+                        sub.subject
+                    )));
+                }
+            };
+            let task = tokio::spawn(serve(
+                deployment.clone(),
+                self.bus.clone(),
+                subscription.messages,
+                sub.max_in_flight,
+            ));
+            running.push(Running {
+                stop: subscription.stop,
+                task,
+            });
+        }
+        Ok(running)
+    }
+}
+
+/// Stops delivery to `old` subscriptions, then waits until the messages they already
+/// received have been handled.
+async fn retire(old: Vec<Running>) {
+    for r in &old {
+        r.stop.stop().await;
+    }
+    for r in old {
+        let _ = r.task.await;
+    }
+}
+
+/// Pulls messages while there is room, handles each in its own task.
+async fn serve(
+    deployment: Arc<Deployment>,
+    bus: Arc<dyn MessageBus>,
+    mut messages: tokio::sync::mpsc::Receiver<Message>,
+    max_in_flight: u32,
+) {
+    let in_flight = Arc::new(Semaphore::new(max_in_flight as usize));
+    while let Some(message) = messages.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (deployment, bus) = (deployment.clone(), bus.clone());
+        tokio::spawn(async move {
+            let _ = handle(&deployment, bus.as_ref(), message).await;
+            drop(permit);
+        });
+    }
+    // Drained: wait for the handlers still running.
+    let _ = in_flight.acquire_many(max_in_flight).await;
+}
+
+/// How handling one message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler returned `ok`.
+    Handled,
+    /// The handler returned `err(text)`.
+    HandlerError(String),
+    /// The instance trapped, missed its deadline or could not start; the cause.
+    Failed(String),
+}
+
+/// A call of `handle-message`.
+struct HandleMessage(BrokerMessage);
+
+impl Invoke<GuestMessageHandler> for HandleMessage {
+    type Output = Result<(), String>;
+
+    fn invoke<'a>(
+        self,
+        exports: &'a GuestMessageHandler,
+        store: &'a mut Store<StoreData>,
+    ) -> BoxFuture<'a, wasmtime::Result<Result<(), String>>> {
+        Box::pin(async move {
+            exports
+                .wasmcloud_messaging_handler()
+                .call_handle_message(store, &self.0)
+                .await
+        })
+    }
+}
+
+/// Handles one message through the call path, logs the outcome and answers failures.
+/// Also the in-process entry point of the component test harness.
+pub async fn handle(
+    deployment: &Arc<Deployment>,
+    bus: &dyn MessageBus,
+    message: Message,
+) -> Outcome {
+    let reply_to = message.reply_to.clone();
+    let Some(call) = Call::begin(deployment, |d| d.entries.messaging.as_ref(), reply_to) else {
+        return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
+    };
+    deployment.requests.fetch_add(1, Ordering::Relaxed);
+    let guest_message = BrokerMessage {
+        subject: message.subject.clone(),
+        body: message.body.to_vec(),
+        reply_to: message.reply_to.clone(),
+    };
+    let (error, result) = match call.run(HandleMessage(guest_message)).await {
+        Ok(Ok(())) => return Outcome::Handled,
+        Ok(Err(handler_error)) => {
+            tracing::info!(
+                "component {} {}: handler error on `{}`: {handler_error}",
+                deployment.name,
+                deployment.version,
+                message.subject
+            );
+            (handler_error.clone(), Outcome::HandlerError(handler_error))
+        }
+        Err(failure) => {
+            let cause = crate::failure::one_line(&failure.error);
+            let error = format!(
+                "component `{}` failed to handle the message",
+                deployment.name
+            );
+            (error, Outcome::Failed(cause))
+        }
+    };
+    if let Some(reply_to) = message.reply_to {
+        let reply = Message {
+            subject: reply_to,
+            reply_to: None,
+            headers: vec![
+                (SERVICE_ERROR.into(), error),
+                (SERVICE_ERROR_CODE.into(), "500".into()),
+            ],
+            body: Default::default(),
+        };
+        if let Err(e) = bus.publish(reply).await {
+            tracing::warn!(
+                "component {}: could not send the error reply: {e}",
+                deployment.name
+            );
+        }
+    }
+    result
+}
