@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use weft_test::spec::{ComponentSpec, RouteSpec};
 use weft_test::TestComponent;
+use weft_test::spec::{ComponentSpec, RouteSpec};
 
 /// Builds the fixtures (once per run; cargo serialises concurrent builds).
 fn built(file: &str) -> PathBuf {

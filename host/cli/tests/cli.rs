@@ -256,7 +256,9 @@ async fn just_deploy_ships_a_new_version_into_a_running_host() {
     let host = start_host(dir.path()).await;
     // The version running before: another component on hello's routes.
     deploy(&host, "hello", "faults", routes(&["/hello/..."])).await;
-    let before = host.deployments().snapshot().by_name["hello"].version.clone();
+    let before = host.deployments().snapshot().by_name["hello"]
+        .version
+        .clone();
 
     let admin = format!("http://{}", host.admin_addr());
     let output = tokio::task::spawn_blocking(move || {
@@ -277,7 +279,9 @@ async fn just_deploy_ships_a_new_version_into_a_running_host() {
     );
     assert!(stdout.contains("hello sha256:"), "{stdout}");
 
-    let after = host.deployments().snapshot().by_name["hello"].version.clone();
+    let after = host.deployments().snapshot().by_name["hello"]
+        .version
+        .clone();
     assert_ne!(before, after, "a new version is live");
     let body = reqwest::get(url(&host, "/hello/world"))
         .await

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
-use weft_runtime::HostConfig;
 use weft::admin_client::AdminClient;
+use weft_runtime::HostConfig;
 use weft_runtime::api::Compiled;
 
 fn client_for(host: &weft_runtime::Host) -> AdminClient {
@@ -331,7 +331,11 @@ async fn a_new_component_serves_on_winch_then_switches_to_cranelift_without_fail
         .deploy("faults", &routes(&["/f/..."]), wasm("faults"))
         .await
         .unwrap();
-    assert_eq!(info.tier, Some(weft_runtime::api::Tier::Baseline), "{info:?}");
+    assert_eq!(
+        info.tier,
+        Some(weft_runtime::api::Tier::Baseline),
+        "{info:?}"
+    );
 
     // Requests run throughout; the switch must not fail one of them.
     let stop = Arc::new(AtomicBool::new(false));
@@ -371,7 +375,11 @@ async fn a_new_component_serves_on_winch_then_switches_to_cranelift_without_fail
         .deploy("faults", &routes(&["/f/..."]), wasm("faults"))
         .await
         .unwrap();
-    assert_eq!(info.tier, Some(weft_runtime::api::Tier::Optimized), "{info:?}");
+    assert_eq!(
+        info.tier,
+        Some(weft_runtime::api::Tier::Optimized),
+        "{info:?}"
+    );
     assert!(matches!(info.compiled, Compiled::Cached { .. }), "{info:?}");
     again.shutdown().await;
 }

@@ -68,7 +68,9 @@ async fn drain(sub: &mut Subscription) -> Vec<Message> {
 async fn settle(bus: &dyn MessageBus, sub: &mut Subscription, subject: &str) {
     for _ in 0..50 {
         publish(bus, subject.to_string(), "probe").await;
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await {
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(100), sub.messages.recv()).await
+        {
             drain(sub).await;
             return;
         }
@@ -87,13 +89,26 @@ async fn wildcards_match_tokens(bus: &dyn MessageBus, prefix: &str) {
     let got = next(&mut one, "`*` matches one token").await;
     assert_eq!(got.subject, format!("{prefix}.w.a"));
     assert_eq!(got.body, Bytes::from("1"));
-    assert!(drain(&mut one).await.is_empty(), "`*` matches exactly one token");
-    let bodies: Vec<Bytes> = [next(&mut rest, "`>` matches").await, next(&mut rest, "`>` matches").await]
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
-    assert_eq!(bodies, [Bytes::from("1"), Bytes::from("2")], "`>` matches the rest, in order");
-    assert!(drain(&mut rest).await.is_empty(), "other subjects do not match");
+    assert!(
+        drain(&mut one).await.is_empty(),
+        "`*` matches exactly one token"
+    );
+    let bodies: Vec<Bytes> = [
+        next(&mut rest, "`>` matches").await,
+        next(&mut rest, "`>` matches").await,
+    ]
+    .into_iter()
+    .map(|m| m.body)
+    .collect();
+    assert_eq!(
+        bodies,
+        [Bytes::from("1"), Bytes::from("2")],
+        "`>` matches the rest, in order"
+    );
+    assert!(
+        drain(&mut rest).await.is_empty(),
+        "other subjects do not match"
+    );
 }
 
 async fn queue_groups_share_and_broadcast_fans_out(bus: &dyn MessageBus, prefix: &str) {
@@ -109,10 +124,20 @@ async fn queue_groups_share_and_broadcast_fans_out(bus: &dyn MessageBus, prefix:
     }
     let mut everything = Vec::new();
     for _ in 0..20 {
-        everything.push(next(&mut all, "a subscriber outside the group gets every message").await);
+        everything.push(
+            next(
+                &mut all,
+                "a subscriber outside the group gets every message",
+            )
+            .await,
+        );
     }
     let (from_a, from_b) = (drain(&mut a).await.len(), drain(&mut b).await.len());
-    assert_eq!(from_a + from_b, 20, "the queue group gets each message exactly once");
+    assert_eq!(
+        from_a + from_b,
+        20,
+        "the queue group gets each message exactly once"
+    );
 }
 
 async fn request_reply(bus: Arc<dyn MessageBus>, prefix: &str) {
@@ -141,7 +166,10 @@ async fn request_reply(bus: Arc<dyn MessageBus>, prefix: &str) {
     let mut reply = None;
     // NATS subscribes asynchronously: the first requests may find nobody yet.
     for _ in 0..50 {
-        match bus.request(subject.clone(), Bytes::from("ping"), Duration::from_secs(2)).await {
+        match bus
+            .request(subject.clone(), Bytes::from("ping"), Duration::from_secs(2))
+            .await
+        {
             Ok(message) => {
                 reply = Some(message);
                 break;
@@ -151,16 +179,28 @@ async fn request_reply(bus: Arc<dyn MessageBus>, prefix: &str) {
         }
     }
     let reply = reply.expect("a reply to the request");
-    assert_eq!(reply.body, Bytes::from("ping"), "the reply answers the request");
+    assert_eq!(
+        reply.body,
+        Bytes::from("ping"),
+        "the reply answers the request"
+    );
     let failed = bus
         .request(subject.clone(), Bytes::from("fail"), Duration::from_secs(2))
         .await
         .expect("a service-error reply");
-    assert_eq!(failed.service_error(), Some("it failed"), "headers travel with a reply");
+    assert_eq!(
+        failed.service_error(),
+        Some("it failed"),
+        "headers travel with a reply"
+    );
     serve.abort();
 
     let nobody = bus
-        .request(format!("{prefix}.nobody"), Bytes::new(), Duration::from_secs(2))
+        .request(
+            format!("{prefix}.nobody"),
+            Bytes::new(),
+            Duration::from_secs(2),
+        )
         .await;
     assert!(
         matches!(nobody, Err(BusError::NoResponders(_))),
@@ -169,7 +209,11 @@ async fn request_reply(bus: Arc<dyn MessageBus>, prefix: &str) {
     let mut silent = subscribe(bus.as_ref(), format!("{prefix}.silent"), None).await;
     settle(bus.as_ref(), &mut silent, &format!("{prefix}.silent")).await;
     let timed_out = bus
-        .request(format!("{prefix}.silent"), Bytes::new(), Duration::from_millis(200))
+        .request(
+            format!("{prefix}.silent"),
+            Bytes::new(),
+            Duration::from_millis(200),
+        )
         .await;
     assert!(
         matches!(timed_out, Err(BusError::Timeout(_))),
@@ -191,7 +235,10 @@ async fn invalid_subjects_are_refused(bus: &dyn MessageBus, prefix: &str) {
         ..Message::default()
     };
     assert!(
-        matches!(bus.publish(wildcard).await, Err(BusError::InvalidSubject(_))),
+        matches!(
+            bus.publish(wildcard).await,
+            Err(BusError::InvalidSubject(_))
+        ),
         "a wildcard is no subject to publish to"
     );
     let pattern = bus.subscribe(format!("{prefix}.>.x"), None, 8).await;
@@ -218,7 +265,11 @@ async fn stop_keeps_what_was_received(bus: &dyn MessageBus, prefix: &str) {
     })
     .await;
     assert!(end.is_ok(), "a stopped subscription ends once drained");
-    assert_eq!(bodies, [Bytes::from("before")], "stopping loses nothing received and takes nothing new");
+    assert_eq!(
+        bodies,
+        [Bytes::from("before")],
+        "stopping loses nothing received and takes nothing new"
+    );
 }
 
 /// Everything a key-value store must do: get, set, delete and sorted keys per bucket,
@@ -229,20 +280,56 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
     let (b, other) = (bucket.to_string(), format!("{bucket}-2"));
     let get = |bucket: &str, key: &str| store.get(bucket.into(), key.into());
     assert_eq!(get(&b, "k").await.expect("get"), None, "absent at first");
-    store.set(b.clone(), "k".into(), Bytes::from("v1")).await.expect("set");
-    store.set(b.clone(), "k".into(), Bytes::from("v2")).await.expect("overwrite");
-    store.set(b.clone(), "a".into(), Bytes::from("x")).await.expect("set");
+    store
+        .set(b.clone(), "k".into(), Bytes::from("v1"))
+        .await
+        .expect("set");
+    store
+        .set(b.clone(), "k".into(), Bytes::from("v2"))
+        .await
+        .expect("overwrite");
+    store
+        .set(b.clone(), "a".into(), Bytes::from("x"))
+        .await
+        .expect("set");
     assert_eq!(get(&b, "k").await.expect("get"), Some(Bytes::from("v2")));
-    assert_eq!(get(&other, "k").await.expect("get"), None, "buckets are apart");
-    assert_eq!(store.keys(b.clone()).await.expect("keys"), ["a", "k"], "keys, sorted");
+    assert_eq!(
+        get(&other, "k").await.expect("get"),
+        None,
+        "buckets are apart"
+    );
+    assert_eq!(
+        store.keys(b.clone()).await.expect("keys"),
+        ["a", "k"],
+        "keys, sorted"
+    );
     store.delete(b.clone(), "k".into()).await.expect("delete");
-    store.delete(b.clone(), "k".into()).await.expect("deleting an absent key");
+    store
+        .delete(b.clone(), "k".into())
+        .await
+        .expect("deleting an absent key");
     assert_eq!(get(&b, "k").await.expect("get"), None, "deleted");
     assert_eq!(store.keys(b.clone()).await.expect("keys"), ["a"]);
 
-    assert_eq!(store.increment(b.clone(), "n".into(), 5).await.expect("increment"), 5);
-    assert_eq!(store.increment(b.clone(), "n".into(), 2).await.expect("increment"), 7);
-    assert_eq!(get(&b, "n").await.expect("get"), Some(Bytes::from("7")), "a decimal number");
+    assert_eq!(
+        store
+            .increment(b.clone(), "n".into(), 5)
+            .await
+            .expect("increment"),
+        5
+    );
+    assert_eq!(
+        store
+            .increment(b.clone(), "n".into(), 2)
+            .await
+            .expect("increment"),
+        7
+    );
+    assert_eq!(
+        get(&b, "n").await.expect("get"),
+        Some(Bytes::from("7")),
+        "a decimal number"
+    );
     let not_a_number = store.increment(b.clone(), "a".into(), 1).await;
     assert!(not_a_number.is_err(), "incrementing text: {not_a_number:?}");
 
@@ -254,8 +341,14 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
             Bytes::from(new.to_string()),
         )
     };
-    assert!(cas("c", None, "1").await.expect("cas"), "absent, expected absent");
-    assert!(!cas("c", None, "2").await.expect("cas"), "present, expected absent");
+    assert!(
+        cas("c", None, "1").await.expect("cas"),
+        "absent, expected absent"
+    );
+    assert!(
+        !cas("c", None, "2").await.expect("cas"),
+        "present, expected absent"
+    );
     assert!(!cas("c", Some("9"), "2").await.expect("cas"), "wrong value");
     assert!(cas("c", Some("1"), "2").await.expect("cas"), "right value");
     assert_eq!(get(&b, "c").await.expect("get"), Some(Bytes::from("2")));
@@ -266,9 +359,15 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
         tokio::spawn(async move { store.increment(bucket, "racy".into(), 1).await })
     });
     for writer in futures::future::join_all(writers).await {
-        writer.expect("writer task").expect("increment under contention");
+        writer
+            .expect("writer task")
+            .expect("increment under contention");
     }
-    assert_eq!(get(&b, "racy").await.expect("get"), Some(Bytes::from("16")), "no increment lost");
+    assert_eq!(
+        get(&b, "racy").await.expect("get"),
+        Some(Bytes::from("16")),
+        "no increment lost"
+    );
     let swappers = (0..8).map(|i| {
         let store = store.clone();
         let bucket = b.clone();

@@ -129,4 +129,3 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
-

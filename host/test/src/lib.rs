@@ -24,6 +24,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 
+pub use weft_runtime::bus::Message;
 use weft_runtime::bus::embedded::EmbeddedBus;
 use weft_runtime::bus::{BusError, MessageBus, SERVICE_ERROR, Subscription, subject_matches};
 use weft_runtime::capabilities::Backends;
@@ -32,11 +33,10 @@ use weft_runtime::deploy::Deployment;
 use weft_runtime::engine::Engines;
 use weft_runtime::kv::embedded::EmbeddedKv;
 use weft_runtime::kv::{KvError, KvStore};
+pub use weft_runtime::spec;
 use weft_runtime::spec::manifest::{ComponentEntry, Manifest};
 use weft_runtime::spec::{SpecError, ValidSpec};
 use weft_runtime::triggers::http::HttpError;
-pub use weft_runtime::bus::Message;
-pub use weft_runtime::spec;
 pub use weft_runtime::triggers::messaging::Outcome;
 
 /// Prefix of the reply subjects the harness gives to [`TestComponent::request`].
@@ -255,9 +255,7 @@ impl TestComponent {
             Err(error) => {
                 let failure = match &error {
                     HttpError::GuestFailed { cause, .. } => Some(cause.clone()),
-                    HttpError::Deadline { .. } => {
-                        Some("deadline exceeded".to_string())
-                    }
+                    HttpError::Deadline { .. } => Some("deadline exceeded".to_string()),
                     _ => None,
                 };
                 let response = axum::response::IntoResponse::into_response(error);
@@ -312,9 +310,12 @@ impl TestComponent {
             body: Bytes::from(body.into()),
             headers: vec![],
         };
-        let outcome =
-            weft_runtime::triggers::messaging::handle(&self.deployment, self.world.as_ref(), message)
-            .await;
+        let outcome = weft_runtime::triggers::messaging::handle(
+            &self.deployment,
+            self.world.as_ref(),
+            message,
+        )
+        .await;
         let reply = lock(&self.world.replies)
             .iter()
             .find(|m| m.subject == reply_to)

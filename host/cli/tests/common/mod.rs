@@ -134,7 +134,9 @@ pub fn tool_available(tool: &str, install: &str) -> bool {
             std::env::var_os("CI").is_none(),
             "`{tool}` is required in CI ({install})"
         );
-        eprintln!("\n*** SKIPPED: `{tool}` is not installed; install it ({install}) to run this test ***\n");
+        eprintln!(
+            "\n*** SKIPPED: `{tool}` is not installed; install it ({install}) to run this test ***\n"
+        );
     }
     found
 }

@@ -180,13 +180,17 @@ impl MessageBus for NatsBus {
                 }
             }
             let (sender, messages) = mpsc::channel(buffer.max(1));
-            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+            let (stop_tx, mut stop_rx) = oneshot::channel::<oneshot::Sender<()>>();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = &mut stop_rx => {
-                            // Unsubscribe, then hand over what the server already sent.
+                        stopped = &mut stop_rx => {
+                            // Unsubscribe, say so (nothing new arrives after it), then
+                            // hand over what the server already sent.
                             let _ = subscriber.drain().await;
+                            if let Ok(stopped) = stopped {
+                                let _ = stopped.send(());
+                            }
                             while let Some(m) = subscriber.next().await {
                                 if sender.send(to_message(m)).await.is_err() {
                                     break;
@@ -218,14 +222,24 @@ impl MessageBus for NatsBus {
     }
 }
 
+/// Stops a NATS subscription: its task unsubscribes and acknowledges once the server
+/// has the unsubscribe, so nothing published after `stop` returns is delivered.
 #[derive(Debug)]
-struct Drain(std::sync::Mutex<Option<oneshot::Sender<()>>>);
+struct Drain(std::sync::Mutex<Option<oneshot::Sender<oneshot::Sender<()>>>>);
+
+/// How long `stop` waits for the unsubscribe to reach the server (it may be away).
+const STOP_WAIT: Duration = Duration::from_secs(5);
 
 impl StopDelivery for Drain {
     fn stop(&self) -> BoxFuture<'static, ()> {
-        if let Some(stop) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = stop.send(());
+        let Some(stop) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return async {}.boxed();
+        };
+        let (stopped, acknowledged) = oneshot::channel();
+        let _ = stop.send(stopped);
+        async move {
+            let _ = tokio::time::timeout(STOP_WAIT, acknowledged).await;
         }
-        async {}.boxed()
+        .boxed()
     }
 }

@@ -214,10 +214,7 @@ impl Deployment {
 }
 
 /// Resolves `component`'s imports with `engine`'s linker.
-fn link(
-    engine: &TierEngine,
-    component: &Component,
-) -> Result<InstancePre<StoreData>, DeployError> {
+fn link(engine: &TierEngine, component: &Component) -> Result<InstancePre<StoreData>, DeployError> {
     engine
         .linker
         .instantiate_pre(component)

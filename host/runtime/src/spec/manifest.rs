@@ -305,7 +305,7 @@ build = { command = "make", sources = ["src"] }
         )
         .unwrap_err();
         assert!(
-            err.starts_with("app/weft.toml:4:27: `components.a.allowed_publish[1]`"),
+            err.starts_with("app/weft.toml:4:26: `components.a.allowed_publish[1]`"),
             "{err}"
         );
         let err = parse(
@@ -313,7 +313,9 @@ build = { command = "make", sources = ["src"] }
         )
         .unwrap_err();
         assert!(
-            err.starts_with("app/weft.toml:5:14: `components.a.limits.timeout_ms`: must be at least 1"),
+            err.starts_with(
+                "app/weft.toml:5:14: `components.a.limits.timeout_ms`: must be at least 1"
+            ),
             "{err}"
         );
     }

@@ -175,7 +175,10 @@ impl ComponentSpec {
             ));
         }
         if l.max_concurrency == 0 {
-            return Err(SpecError::new("limits.max_concurrency", "must be at least 1"));
+            return Err(SpecError::new(
+                "limits.max_concurrency",
+                "must be at least 1",
+            ));
         }
         if l.requests_per_instance == 0 {
             return Err(SpecError::new(
@@ -185,7 +188,10 @@ impl ComponentSpec {
         }
         for (i, route) in self.routes.iter().enumerate() {
             route::Pattern::parse(&route.path).map_err(|e| {
-                SpecError::new(format!("routes[{i}].path"), format!("route `{}`: {e}", route.path))
+                SpecError::new(
+                    format!("routes[{i}].path"),
+                    format!("route `{}`: {e}", route.path),
+                )
             })?;
             for (j, method) in route.methods.iter().enumerate() {
                 http::Method::from_bytes(method.as_bytes())

@@ -98,8 +98,8 @@ pub fn check_conflicts(specs: &[(&str, &super::ComponentSpec)]) -> Result<(), St
     let mut seen: Vec<(&str, &str, Pattern, &[String])> = Vec::new();
     for (name, spec) in specs {
         for route in &spec.routes {
-            let pattern = Pattern::parse(&route.path)
-                .map_err(|e| format!("route `{}`: {e}", route.path))?;
+            let pattern =
+                Pattern::parse(&route.path).map_err(|e| format!("route `{}`: {e}", route.path))?;
             for (other_name, other_path, other, other_methods) in &seen {
                 let methods_overlap = route.methods.is_empty()
                     || other_methods.is_empty()

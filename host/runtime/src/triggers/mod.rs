@@ -125,6 +125,9 @@ impl Entries {
     /// how many.
     pub fn expire(&self, idle_for: Duration) -> usize {
         self.http.as_ref().map_or(0, |e| e.pool.expire(idle_for))
-            + self.messaging.as_ref().map_or(0, |e| e.pool.expire(idle_for))
+            + self
+                .messaging
+                .as_ref()
+                .map_or(0, |e| e.pool.expire(idle_for))
     }
 }

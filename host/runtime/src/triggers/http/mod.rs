@@ -90,7 +90,9 @@ impl HttpTrigger {
 
     /// The axum app that serves every route of every deployment.
     pub fn app(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new().fallback(handle).with_state(self.clone())
+        axum::Router::new()
+            .fallback(handle)
+            .with_state(self.clone())
     }
 }
 
@@ -198,8 +200,7 @@ async fn handle(
     request: Request,
 ) -> Result<Response, HttpError> {
     let routes = trigger.routes.load();
-    let deployment = match routes.lookup(request.method(), request.uri().path())
-    {
+    let deployment = match routes.lookup(request.method(), request.uri().path()) {
         Routed::Found(route) => route.deployment.clone(),
         Routed::MethodNotAllowed(allow) => return Err(HttpError::MethodNotAllowed { allow }),
         Routed::NotFound => {
@@ -267,7 +268,13 @@ pub async fn dispatch(
     let task_failed = failed_midway.clone();
     let instance = Box::pin(async move {
         let _permit = permit;
-        match call.run(HandleRequest { request: wasi_request, out }).await {
+        match call
+            .run(HandleRequest {
+                request: wasi_request,
+                out,
+            })
+            .await
+        {
             // The guest returned, so it has written all of its body; the call path has
             // put the instance back for the next request (if the component reuses them).
             Ok(()) => Ok(()),
