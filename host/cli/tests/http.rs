@@ -101,7 +101,7 @@ async fn every_request_gets_a_fresh_instance_instantiated_ahead_of_it() {
         assert_eq!(body, "1", "a global counter never sees an earlier request");
         // The next request's instance is instantiated in the background (a spare,
         // never called), so the request does not wait for it.
-        eventually("a spare instance", || faults.entries.http_idle() == 1).await;
+        eventually("a spare instance", || http_idle(&faults) == 1).await;
     }
     // Back-to-back requests may find one spare still being made: then another is
     // started, and never more than two wait.
@@ -110,8 +110,8 @@ async fn every_request_gets_a_fresh_instance_instantiated_ahead_of_it() {
         let body = client.get(url(&host, "/f/count")).send().await.unwrap();
         assert_eq!(body.text().await.unwrap(), "1");
     }
-    eventually("spares ready", || faults.entries.http_idle() >= 1).await;
-    assert!(faults.entries.http_idle() <= weft_runtime::instance::SPARES);
+    eventually("spares ready", || http_idle(&faults) >= 1).await;
+    assert!(http_idle(&faults) <= weft_runtime::instance::SPARES);
     // A trap spends the spare it ran on; the next request still gets a pristine one.
     assert_eq!(
         text(url(&host, "/f/trap")).await.0,
@@ -435,12 +435,12 @@ async fn the_host_drops_instances_idle_for_longer_than_the_ttl() {
     assert_eq!(text(url(&host, "/f/count")).await.1, "1");
     assert_eq!(text(url(&host, "/k/count")).await.1, "1");
     eventually("a spare and a kept instance", || {
-        fresh.entries.http_idle() == 1 && kept.entries.http_idle() == 1
+        http_idle(fresh) == 1 && http_idle(kept) == 1
     })
     .await;
     // Nothing asks for them: the host's own sweep drops both, and gives their budget back.
     eventually("the sweep", || {
-        fresh.entries.http_idle() == 0 && kept.entries.http_idle() == 0
+        http_idle(fresh) == 0 && http_idle(kept) == 0
     })
     .await;
     assert_eq!(fresh.idle_budget().held(), 0);
@@ -518,15 +518,15 @@ async fn reused_instances_are_never_shared_by_concurrent_requests() {
     let deployment = host.deployments().snapshot().by_name["faults"].clone();
     // An instance goes back to the pool just after its last body chunk left.
     for _ in 0..100 {
-        if deployment.entries.http_idle() > 0 {
+        if http_idle(&deployment) > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
-        (1..=4).contains(&deployment.entries.http_idle()),
+        (1..=4).contains(&http_idle(&deployment)),
         "instances kept after the burst: {}",
-        deployment.entries.http_idle()
+        http_idle(&deployment)
     );
     // Requests one after another take the same kept instance: its counter climbs.
     let first = count_once(&client, &host).await;
@@ -540,12 +540,12 @@ async fn reused_instances_are_never_shared_by_concurrent_requests() {
             .expire_idle_instances(Duration::from_secs(60)),
         0
     );
-    let kept = deployment.entries.http_idle();
+    let kept = http_idle(&deployment);
     assert_eq!(
         host.deployments().expire_idle_instances(Duration::ZERO),
         kept
     );
-    assert_eq!(deployment.entries.http_idle(), 0);
+    assert_eq!(http_idle(&deployment), 0);
     assert_eq!(count_once(&client, &host).await, 1);
 }
 

@@ -122,12 +122,12 @@ async fn reuse_keeps_instances_for_messages_but_never_after_a_trap(env: Env) {
         assert_eq!(count().await, "1");
     }
     for _ in 0..200 {
-        if fresh.entries.messaging_idle() >= 1 {
+        if messaging_idle(&fresh) >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!((1..=weft_runtime::instance::SPARES).contains(&fresh.entries.messaging_idle()));
+    assert!((1..=weft_runtime::instance::SPARES).contains(&messaging_idle(&fresh)));
     assert_eq!(count().await, "1", "a spare is as fresh as any instance");
 
     // Opted in: one instance handles message after message, and each time it may
@@ -138,11 +138,7 @@ async fn reuse_keeps_instances_for_messages_but_never_after_a_trap(env: Env) {
     spec.subscriptions[0].max_in_flight = 1;
     env.deploy("kept", spec).await;
     let count = || async { text(&env.request("keep.count", "").await.unwrap()) };
-    let idle = || {
-        env.host.deployments().snapshot().by_name["kept"]
-            .entries
-            .messaging_idle()
-    };
+    let idle = || messaging_idle(&env.host.deployments().snapshot().by_name["kept"]);
     let kept = || async {
         for _ in 0..200 {
             if idle() == 1 {

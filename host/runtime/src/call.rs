@@ -3,8 +3,8 @@
 //! needed, call the export under the deadline, then put the instance back, or report the
 //! failure (with the guest's last stderr lines) through `failure.rs`.
 //!
-//! A trigger picks the export it calls ([`Pick`]) and says how to call it ([`Invoke`]);
-//! everything else here is shared.
+//! A trigger names the export it calls by its `Pre` type and says how to call it
+//! ([`Invoke`]); everything else here is shared.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,12 +12,9 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use wasmtime::{Store, Trap};
 
-use crate::deploy::Deployment;
-use crate::instance::{Entry, Pre};
+use crate::deployment::Deployment;
+use crate::instance::Pre;
 use crate::store_data::{CallContext, StoreData};
-
-/// Which of a deployment's exports a trigger calls, e.g. `|d| d.entries.http.as_ref()`.
-pub type Pick<P> = fn(&Deployment) -> Option<&Entry<P>>;
 
 /// How a trigger calls the export, once the instance exists.
 pub trait Invoke<E>: Send {
@@ -51,22 +48,17 @@ impl std::fmt::Debug for Failure {
 /// One call into one instance of a deployment, from the moment its instance is taken.
 pub struct Call<P: Pre> {
     deployment: Arc<Deployment>,
-    pick: Pick<P>,
     store: Store<StoreData>,
     warm: Option<(P::Exports, u32)>,
     deadline: Instant,
 }
 
 impl<P: Pre> Call<P> {
-    /// Takes an idle instance of the export `pick` chooses, or makes a fresh store for
+    /// Takes an idle instance of the deployment's export `P`, or makes a fresh store for
     /// one, and starts the next spare if the pool wants one. `reply_to`: the reply
     /// subject of the message being handled. `None` if the deployment lacks the export.
-    pub fn begin(
-        deployment: &Arc<Deployment>,
-        pick: Pick<P>,
-        reply_to: Option<String>,
-    ) -> Option<Call<P>> {
-        let entry = pick(deployment)?;
+    pub fn begin(deployment: &Arc<Deployment>, reply_to: Option<String>) -> Option<Call<P>> {
+        let entry = deployment.export::<P>()?;
         let call = CallContext {
             deadline: deployment.deadline(),
             reply_to,
@@ -76,10 +68,9 @@ impl<P: Pre> Call<P> {
             Some((store, exports, uses)) => (store, Some((exports, uses))),
             None => (deployment.new_store(call), None),
         };
-        prepare_spare(deployment, pick);
+        prepare_spare::<P>(deployment);
         Some(Call {
             deployment: deployment.clone(),
-            pick,
             store,
             warm,
             deadline,
@@ -102,12 +93,11 @@ impl<P: Pre> Call<P> {
     pub async fn run<I: Invoke<P::Exports>>(self, invoke: I) -> Result<I::Output, Failure> {
         let Call {
             deployment,
-            pick,
             mut store,
             warm,
             deadline,
         } = self;
-        let Some(entry) = pick(&deployment) else {
+        let Some(entry) = deployment.export::<P>() else {
             let error = anyhow::anyhow!("the component lacks the export this trigger calls");
             return Err(Failure {
                 error,
@@ -148,15 +138,18 @@ impl<P: Pre> Call<P> {
     }
 }
 
-/// Instantiates a spare of the export `pick` chooses in the background, if its pool
+/// Instantiates a spare of the deployment's export `P` in the background, if its pool
 /// wants one: the instance a later call takes instead of instantiating on its own path.
-fn prepare_spare<P: Pre>(deployment: &Arc<Deployment>, pick: Pick<P>) {
-    if !pick(deployment).is_some_and(|entry| entry.pool.wants_spare()) {
+fn prepare_spare<P: Pre>(deployment: &Arc<Deployment>) {
+    if !deployment
+        .export::<P>()
+        .is_some_and(|entry| entry.pool.wants_spare())
+    {
         return;
     }
     let deployment = deployment.clone();
     tokio::spawn(async move {
-        let Some(entry) = pick(&deployment) else {
+        let Some(entry) = deployment.export::<P>() else {
             return;
         };
         let call = CallContext {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use wasmtime::Trap;
 
-use crate::deploy::Deployment;
+use crate::deployment::Deployment;
 use crate::store_data::StoreData;
 
 /// Whether `error` is a missed deadline (the epoch callback's, or a timeout's).

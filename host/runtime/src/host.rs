@@ -18,14 +18,11 @@ use crate::bus::embedded::EmbeddedBus;
 use crate::bus::nats::{NatsBus, NatsConfig};
 use crate::capabilities::Backends;
 use crate::compile::CompileCache;
-use crate::deploy::LiveSet;
+use crate::deploy::{Deployer, LiveSet};
 use crate::engine::Engines;
 use crate::kv::KvStore;
 use crate::kv::embedded::EmbeddedKv;
 use crate::kv::nats::NatsKv;
-use crate::triggers::Trigger;
-use crate::triggers::http::HttpTrigger;
-use crate::triggers::messaging::MessagingTrigger;
 
 /// How to start a host.
 #[derive(Debug, Clone)]
@@ -106,14 +103,13 @@ impl Host {
             }
         };
         tracing::info!("messaging: {}", bus.describe());
-        let http_trigger = Arc::new(HttpTrigger::new());
-        let triggers: Vec<Arc<dyn Trigger>> = vec![
-            http_trigger.clone(),
-            Arc::new(MessagingTrigger::new(bus.clone())),
-        ];
-        let cache = CompileCache::new(config.cache_dir);
-        let backends = Backends { bus, kv };
-        let deployments = Arc::new(LiveSet::new(engines, cache, backends, triggers));
+        let (http_trigger, triggers) = crate::triggers::all(&bus);
+        let deployments = Arc::new(LiveSet::new(Deployer {
+            engines,
+            cache: CompileCache::new(config.cache_dir),
+            backends: Backends { bus, kv },
+            triggers,
+        }));
 
         let http = TcpListener::bind(config.listen).await.with_context(|| {
             format!(

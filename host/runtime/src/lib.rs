@@ -5,11 +5,15 @@
 //!   types), with `weft.toml` parsing in [`spec::manifest`].
 //! - [`bus`] and [`kv`]: the backends (embedded or NATS) behind one trait each.
 //! - [`capabilities`]: what a guest may import, each checked against its grant.
-//! - [`store_data`], [`instance`], [`call`], [`failure`]: where a component is
-//!   instantiated, its idle instances, and the one call path every trigger takes.
+//! - [`store_data`], [`instance`]: where a component is instantiated, and its idle
+//!   instances.
+//! - [`deployment`]: one linked component version, what the call path and triggers use.
+//! - [`call`], [`failure`]: the one call path every trigger takes, and how a failure
+//!   reads and is logged.
 //! - [`triggers`]: what calls a component: an HTTP request enters in [`triggers::http`],
 //!   a message in [`triggers::messaging`].
-//! - [`deploy`], [`engine`], [`compile`]: checking, compiling and swapping in versions.
+//! - [`deploy`], [`engine`], [`compile`]: checking, compiling, linking and swapping in
+//!   versions.
 //! - [`host`] (the running host) and [`admin`] (its API).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -21,6 +25,7 @@ pub mod call;
 pub mod capabilities;
 pub mod compile;
 pub mod deploy;
+pub mod deployment;
 pub mod engine;
 pub mod failure;
 pub mod host;

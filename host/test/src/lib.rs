@@ -29,7 +29,7 @@ use weft_runtime::bus::embedded::EmbeddedBus;
 use weft_runtime::bus::{BusError, MessageBus, SERVICE_ERROR, Subscription, subject_matches};
 use weft_runtime::capabilities::Backends;
 use weft_runtime::compile::CompileCache;
-use weft_runtime::deploy::Deployment;
+use weft_runtime::deploy::{Deployer, Deployment};
 use weft_runtime::engine::Engines;
 use weft_runtime::kv::embedded::EmbeddedKv;
 use weft_runtime::kv::{KvError, KvStore};
@@ -116,6 +116,7 @@ impl TestResponse {
 /// A component loaded for unit tests, and the world it sees.
 pub struct TestComponent {
     deployment: Arc<Deployment>,
+    deployer: Deployer,
     world: Arc<World>,
 }
 
@@ -181,29 +182,29 @@ impl TestComponent {
                 path.display()
             )
         })?;
-        let engines = engines()?;
         let world = Arc::new(World::new()?);
-        let backends = Backends {
-            bus: world.clone(),
-            kv: world.clone(),
+        let bus: Arc<dyn MessageBus> = world.clone();
+        // A host's triggers link the component's exports, as on a host; the harness
+        // calls them directly instead of through listeners and subscriptions.
+        let (_, triggers) = weft_runtime::triggers::all(&bus);
+        let deployer = Deployer {
+            engines: engines()?.clone(),
+            cache: CompileCache::new(Some(cache_dir())),
+            backends: Backends {
+                bus,
+                kv: world.clone(),
+            },
+            triggers,
         };
-        let cache = CompileCache::new(Some(cache_dir()));
-        let (engines, name_owned) = (engines.clone(), name.to_string());
+        let (prepare, name) = (deployer.clone(), name.to_string());
         let deployment = tokio::task::spawn_blocking(move || {
             let version = weft_runtime::compile::digest(&wasm);
-            Deployment::prepare(
-                &engines,
-                &cache,
-                &backends,
-                &name_owned,
-                spec,
-                &wasm,
-                version,
-            )
+            prepare.prepare(&name, spec, &wasm, version)
         })
         .await??;
         Ok(TestComponent {
             deployment: Arc::new(deployment),
+            deployer,
             world,
         })
     }
@@ -214,7 +215,8 @@ impl TestComponent {
         spec.config.insert(key.to_string(), value.to_string());
         let spec = spec.validate()?;
         Ok(TestComponent {
-            deployment: Arc::new(self.deployment.with_spec(spec)?),
+            deployment: Arc::new(self.deployer.with_spec(&self.deployment, spec)?),
+            deployer: self.deployer,
             world: self.world,
         })
     }

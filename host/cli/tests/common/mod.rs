@@ -7,6 +7,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use weft_runtime::spec::{ComponentSpec, RouteSpec};
+#[allow(unused_imports)]
+pub use weft_runtime::triggers::http::idle_instances as http_idle;
+#[allow(unused_imports)]
+pub use weft_runtime::triggers::messaging::idle_instances as messaging_idle;
 use weft_runtime::{Host, HostConfig};
 pub use weft_test::host::{NatsServer, host_config, nats_config};
 

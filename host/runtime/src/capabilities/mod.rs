@@ -76,12 +76,4 @@ impl Grants {
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),
         }
     }
-
-    /// The backends these grants draw on, to build the grants of another spec.
-    pub fn backends(&self) -> Backends {
-        Backends {
-            bus: self.messaging.bus.clone(),
-            kv: self.keyvalue.store.clone(),
-        }
-    }
 }

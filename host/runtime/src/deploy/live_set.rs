@@ -6,20 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::{DeployError, Deployment};
+use super::prepare::Deployer;
+use super::{DeployError, Deployment, Snapshot};
 use crate::api::{DeploymentInfo, Tier};
 use crate::capabilities::Backends;
-use crate::compile::CompileCache;
-use crate::engine::Engines;
 use crate::spec::ValidSpec;
-use crate::triggers::{Attachment, Trigger};
-
-/// What is live at one moment: never edited, only replaced.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Deployments by name.
-    pub by_name: BTreeMap<String, Arc<Deployment>>,
-}
+use crate::triggers::Attachment;
 
 /// The outcome of a deploy.
 #[derive(Debug)]
@@ -30,15 +22,13 @@ pub struct Deployed {
     pub changed: bool,
 }
 
-/// All deployments of a host, the engines they run on, and the triggers that call them.
+/// All deployments of a host, and how they are made and called ([`Deployer`]: engines,
+/// compile cache, backends, triggers).
 pub struct LiveSet {
-    engines: Engines,
-    cache: CompileCache,
+    deployer: Deployer,
     /// One Cranelift recompile at a time, on the background compile threads, so
     /// tier-ups never crowd out serving or other deploys.
     tier_up: tokio::sync::Semaphore,
-    backends: Backends,
-    triggers: Vec<Arc<dyn Trigger>>,
     live: ArcSwap<Snapshot>,
     /// What each trigger started for the live deployment of each name.
     attachments: Mutex<HashMap<String, Vec<Attachment>>>,
@@ -55,19 +45,11 @@ impl std::fmt::Debug for LiveSet {
 }
 
 impl LiveSet {
-    /// An empty set on `engines`, granting `backends`, called by `triggers`.
-    pub fn new(
-        engines: Engines,
-        cache: CompileCache,
-        backends: Backends,
-        triggers: Vec<Arc<dyn Trigger>>,
-    ) -> LiveSet {
+    /// An empty set whose deployments `deployer` makes.
+    pub fn new(deployer: Deployer) -> LiveSet {
         LiveSet {
-            engines,
-            cache,
+            deployer,
             tier_up: tokio::sync::Semaphore::new(1),
-            backends,
-            triggers,
             live: ArcSwap::from_pointee(Snapshot::default()),
             attachments: Mutex::new(HashMap::new()),
             writer: tokio::sync::Mutex::new(()),
@@ -102,24 +84,14 @@ impl LiveSet {
                         changed: false,
                     });
                 }
-                current.with_spec(spec)?
+                self.deployer.with_spec(&current, spec)?
             }
             _ => {
-                let (engines, cache, owned_name) =
-                    (self.engines.clone(), self.cache.clone(), name.to_string());
-                let backends = self.backends.clone();
+                let (deployer, owned_name) = (self.deployer.clone(), name.to_string());
                 let (wasm, version) = (wasm.clone(), version.clone());
                 // Compiling is CPU-bound and can take seconds: keep it off the I/O threads.
                 tokio::task::spawn_blocking(move || {
-                    Deployment::prepare(
-                        &engines,
-                        &cache,
-                        &backends,
-                        &owned_name,
-                        spec,
-                        &wasm,
-                        version,
-                    )
+                    deployer.prepare(&owned_name, spec, &wasm, version)
                 })
                 .await
                 .map_err(|e| DeployError::Compile(format!("compile task failed: {e}")))??
@@ -154,8 +126,9 @@ impl LiveSet {
         self.check(&live, name, &deployment.spec)?;
         // The new version is attached (joins its queue groups, say) before the old one
         // is detached, so a stream of messages never finds nobody subscribed.
-        let mut attached = Vec::with_capacity(self.triggers.len());
-        for trigger in &self.triggers {
+        let triggers = &self.deployer.triggers;
+        let mut attached = Vec::with_capacity(triggers.len());
+        for trigger in triggers {
             match trigger.attach(deployment).await {
                 Ok(attachment) => attached.push(attachment),
                 Err(e) => {
@@ -181,10 +154,9 @@ impl LiveSet {
         if !self.is_live(&baseline) {
             return; // replaced or removed while waiting
         }
-        let (engines, cache, current) =
-            (self.engines.clone(), self.cache.clone(), baseline.clone());
+        let (deployer, current) = (self.deployer.clone(), baseline.clone());
         let optimized = tokio::task::spawn_blocking(move || {
-            crate::compile::in_background(|| current.optimized(&engines, &cache, &wasm))
+            crate::compile::in_background(|| deployer.optimized(&current, &wasm))
         })
         .await;
         let name = &baseline.name;
@@ -235,7 +207,7 @@ impl LiveSet {
         self.snapshot()
             .by_name
             .values()
-            .map(|d| d.entries.expire(idle_for))
+            .map(|d| d.exports.expire(idle_for))
             .sum()
     }
 
@@ -246,7 +218,7 @@ impl LiveSet {
 
     /// The backends deployments are granted (bus and key-value store).
     pub fn backends(&self) -> &Backends {
-        &self.backends
+        &self.deployer.backends
     }
 
     /// Stops every trigger's delivery to every deployment and waits for the calls
@@ -261,7 +233,8 @@ impl LiveSet {
 
     /// Asks every trigger whether `spec` may go live as `name` next to `live`.
     fn check(&self, live: &Snapshot, name: &str, spec: &ValidSpec) -> Result<(), DeployError> {
-        self.triggers
+        self.deployer
+            .triggers
             .iter()
             .try_for_each(|trigger| trigger.check(live, name, spec))
     }
@@ -279,7 +252,7 @@ impl LiveSet {
     fn publish(&self, by_name: BTreeMap<String, Arc<Deployment>>) {
         let snapshot = Arc::new(Snapshot { by_name });
         self.live.store(snapshot.clone());
-        for trigger in &self.triggers {
+        for trigger in &self.deployer.triggers {
             trigger.went_live(&snapshot);
         }
     }

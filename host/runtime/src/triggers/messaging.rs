@@ -17,7 +17,7 @@ use super::{Attachment, Trigger};
 use crate::bus::{Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery};
 use crate::call::{Call, Invoke};
 use crate::capabilities::messaging::BrokerMessage;
-use crate::deploy::{DeployError, Deployment};
+use crate::deployment::{DeployError, Deployment, LinkedExport};
 use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
 use crate::spec::ValidSpec;
 use crate::store_data::StoreData;
@@ -46,25 +46,11 @@ impl Pre for GuestMessageHandlerPre<StoreData> {
     }
 }
 
-/// The component's `wasmcloud:messaging/handler` export, with a pool of up to one idle
-/// instance per message its subscriptions may have in flight. `None` if it has no such
-/// export; an error if it has subscriptions all the same.
-pub fn link(
-    pre: &InstancePre<StoreData>,
-    spec: &ValidSpec,
-    budget: &Arc<IdleBudget>,
-) -> Result<Option<Entry<GuestMessageHandlerPre<StoreData>>>, DeployError> {
-    let Ok(pre) = GuestMessageHandlerPre::new(pre.clone()) else {
-        if !spec.subscriptions.is_empty() {
-            return Err(DeployError::WrongWorld(
-                "the component does not export `wasmcloud:messaging/handler@0.2.0`, so it cannot handle subscriptions".into(),
-            ));
-        }
-        return Ok(None);
-    };
-    let in_flight = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
-    let pool = InstancePool::new(spec.limits.requests_per_instance, in_flight, budget.clone());
-    Ok(Some(Entry { pre, pool }))
+/// Idle message instances (kept or spare) of `deployment` right now.
+pub fn idle_instances(deployment: &Deployment) -> usize {
+    deployment
+        .export::<GuestMessageHandlerPre<StoreData>>()
+        .map_or(0, |e| e.pool.idle())
 }
 
 /// The message trigger: subscribes every deployment to the subjects its spec lists.
@@ -88,6 +74,31 @@ struct Running {
 }
 
 impl Trigger for MessagingTrigger {
+    fn export(&self) -> &'static str {
+        "wasmcloud:messaging/handler"
+    }
+
+    /// The component's `wasmcloud:messaging/handler`, with a pool of up to one idle
+    /// instance per message its subscriptions may have in flight.
+    fn link(
+        &self,
+        pre: &InstancePre<StoreData>,
+        spec: &ValidSpec,
+        budget: &Arc<IdleBudget>,
+    ) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
+        let Ok(pre) = GuestMessageHandlerPre::new(pre.clone()) else {
+            if !spec.subscriptions.is_empty() {
+                return Err(DeployError::WrongWorld(
+                    "the component does not export `wasmcloud:messaging/handler@0.2.0`, so it cannot handle subscriptions".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let in_flight = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
+        let pool = InstancePool::new(spec.limits.requests_per_instance, in_flight, budget.clone());
+        Ok(Some(Box::new(Entry { pre, pool })))
+    }
+
     fn attach<'a>(
         &'a self,
         deployment: &'a Arc<Deployment>,
@@ -212,7 +223,7 @@ pub async fn handle(
     message: Message,
 ) -> Outcome {
     let reply_to = message.reply_to.clone();
-    let Some(call) = Call::begin(deployment, |d| d.entries.messaging.as_ref(), reply_to) else {
+    let Some(call) = Call::<GuestMessageHandlerPre<StoreData>>::begin(deployment, reply_to) else {
         return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
     };
     deployment.requests.fetch_add(1, Ordering::Relaxed);

@@ -1,37 +1,59 @@
 //! Triggers: what calls a component. [`http`] serves its routes; [`messaging`] delivers
 //! the messages of its subscriptions. Each trigger is one module with
-//! - its export: an [`Entry`] in [`Entries`], linked at deploy (wrong world: refused);
+//! - its export: a `Pre` impl for the typed export it calls, linked at deploy into an
+//!   [`Entry`](crate::instance::Entry) with its pool (a spec that needs it from a component without it: refused);
 //! - its calls, through the one call path (`call.rs`: take or instantiate, deadline,
-//!   stderr tail, failure, release);
-//! - a [`Trigger`] that the live set (`deploy::live_set`) tells about deploys:
-//!   checked before compiling, attached before going live, detached and drained after
-//!   being replaced or removed, shut down with the host.
+//!   stderr tail, failure, release), which finds that entry by its type;
+//! - a [`Trigger`] that the deploy flow and the live set (`deploy/`) drive: link at
+//!   deploy, check before compiling, attach before going live, detach and drain after
+//!   being replaced or removed, and at shutdown.
 //!
 //! ## Adding a trigger
-//! 1. `triggers/NAME.rs`: its `Pre` impl (the typed export), `link` (the export, or a
-//!    wrong-world error if the spec needs it and the component lacks it), its
-//!    [`Invoke`](crate::call::Invoke), and a [`Trigger`] impl.
+//! 1. `triggers/NAME.rs`: its `Pre` impl, its [`Invoke`](crate::call::Invoke), and a
+//!    [`Trigger`] impl.
 //! 2. `spec/mod.rs`: the spec field that configures it (routes, subscriptions, ...).
-//! 3. Here: a field of [`Entries`] and its line in [`Entries::link`].
-//! 4. `host.rs`: one line in the host's list of triggers.
+//! 3. Here: one line in [`all`].
 
 pub mod http;
 pub mod messaging;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use wasmtime::component::InstancePre;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::deploy::{DeployError, Deployment, Snapshot};
-use crate::instance::{Entry, IdleBudget};
+use crate::bus::MessageBus;
+use crate::deployment::{DeployError, Deployment, LinkedExport, Snapshot};
+use crate::instance::IdleBudget;
 use crate::spec::ValidSpec;
 use crate::store_data::StoreData;
 
-/// Something that calls components: told by the live set about every change.
+/// Every trigger of a host whose message bus is `bus`: the HTTP trigger (also returned on
+/// its own, for the listener) and the rest. The one list to extend with a new trigger.
+pub fn all(bus: &Arc<dyn MessageBus>) -> (Arc<http::HttpTrigger>, Vec<Arc<dyn Trigger>>) {
+    let http = Arc::new(http::HttpTrigger::new());
+    let all: Vec<Arc<dyn Trigger>> = vec![
+        http.clone(),
+        Arc::new(messaging::MessagingTrigger::new(bus.clone())),
+    ];
+    (http, all)
+}
+
+/// Something that calls components: told by the deploy flow about every change.
 pub trait Trigger: Send + Sync + std::fmt::Debug {
+    /// The export it calls, as WIT names it (for errors).
+    fn export(&self) -> &'static str;
+
+    /// Links the export it calls from the component behind `pre`, with a pool of idle
+    /// instances in the engine's `budget`: `None` if the component lacks it, an error
+    /// (wrong world) if `spec` needs it all the same.
+    fn link(
+        &self,
+        pre: &InstancePre<StoreData>,
+        spec: &ValidSpec,
+        budget: &Arc<IdleBudget>,
+    ) -> Result<Option<Box<dyn LinkedExport>>, DeployError>;
+
     /// Refuses `spec` for component `name` next to what is `live` (a route conflict, say),
     /// before anything is compiled, and again just before it goes live.
     fn check(&self, live: &Snapshot, name: &str, spec: &ValidSpec) -> Result<(), DeployError> {
@@ -79,55 +101,5 @@ impl Attachment {
         if let Some(detach) = self.0 {
             detach.await;
         }
-    }
-}
-
-/// The exports of a deployment that triggers call, each pre-linked with its pool.
-pub struct Entries {
-    /// `wasi:http/incoming-handler`: the HTTP trigger.
-    pub http: Option<Entry<ProxyPre<StoreData>>>,
-    /// `wasmcloud:messaging/handler`: the message trigger.
-    pub messaging: Option<Entry<messaging::GuestMessageHandlerPre<StoreData>>>,
-}
-
-impl Entries {
-    /// The exports of the component behind `pre` that `spec` needs, each with a pool in
-    /// the engine's `budget`. Refused if the spec needs an export the component lacks,
-    /// or if it exports nothing a trigger calls.
-    pub fn link(
-        pre: &InstancePre<StoreData>,
-        spec: &ValidSpec,
-        budget: &Arc<IdleBudget>,
-    ) -> Result<Entries, DeployError> {
-        let entries = Entries {
-            http: http::link(pre, spec, budget)?,
-            messaging: messaging::link(pre, spec, budget)?,
-        };
-        if entries.http.is_none() && entries.messaging.is_none() {
-            return Err(DeployError::WrongWorld(
-                "the component exports neither `wasi:http/incoming-handler` nor `wasmcloud:messaging/handler`: it is not a service".into(),
-            ));
-        }
-        Ok(entries)
-    }
-
-    /// Idle HTTP instances (kept or spare) right now.
-    pub fn http_idle(&self) -> usize {
-        self.http.as_ref().map_or(0, |e| e.pool.idle())
-    }
-
-    /// Idle message instances (kept or spare) right now.
-    pub fn messaging_idle(&self) -> usize {
-        self.messaging.as_ref().map_or(0, |e| e.pool.idle())
-    }
-
-    /// Drops the idle instances (kept or spare) idle for `idle_for` or longer; returns
-    /// how many.
-    pub fn expire(&self, idle_for: Duration) -> usize {
-        self.http.as_ref().map_or(0, |e| e.pool.expire(idle_for))
-            + self
-                .messaging
-                .as_ref()
-                .map_or(0, |e| e.pool.expire(idle_for))
     }
 }

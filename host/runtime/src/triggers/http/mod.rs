@@ -29,7 +29,7 @@ use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 use self::router::{RouteTable, Routed};
 use super::{Attachment, Trigger};
 use crate::call::{Call, Invoke};
-use crate::deploy::{DeployError, Deployment, Snapshot};
+use crate::deployment::{DeployError, Deployment, LinkedExport, Snapshot};
 use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
 use crate::spec::{ComponentSpec, ValidSpec};
 use crate::store_data::StoreData;
@@ -45,29 +45,11 @@ impl Pre for ProxyPre<StoreData> {
     }
 }
 
-/// The component's `wasi:http/incoming-handler` export, with a pool of up to one idle
-/// instance per request it may run at once. `None` if it has no such export; an error if
-/// it has routes all the same.
-pub fn link(
-    pre: &InstancePre<StoreData>,
-    spec: &ValidSpec,
-    budget: &Arc<IdleBudget>,
-) -> Result<Option<Entry<ProxyPre<StoreData>>>, DeployError> {
-    let Ok(pre) = ProxyPre::new(pre.clone()) else {
-        if !spec.routes.is_empty() {
-            return Err(DeployError::WrongWorld(
-                "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes".into(),
-            ));
-        }
-        return Ok(None);
-    };
-    let limits = &spec.limits;
-    let pool = InstancePool::new(
-        limits.requests_per_instance,
-        limits.max_concurrency,
-        budget.clone(),
-    );
-    Ok(Some(Entry { pre, pool }))
+/// Idle HTTP instances (kept or spare) of `deployment` right now.
+pub fn idle_instances(deployment: &Deployment) -> usize {
+    deployment
+        .export::<ProxyPre<StoreData>>()
+        .map_or(0, |e| e.pool.idle())
 }
 
 /// The HTTP trigger: the route table of every live deployment, rebuilt whenever the live
@@ -83,11 +65,6 @@ impl HttpTrigger {
         HttpTrigger::default()
     }
 
-    /// The routes now.
-    pub fn routes(&self) -> Arc<RouteTable> {
-        self.routes.load_full()
-    }
-
     /// The axum app that serves every route of every deployment.
     pub fn app(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
@@ -97,6 +74,35 @@ impl HttpTrigger {
 }
 
 impl Trigger for HttpTrigger {
+    fn export(&self) -> &'static str {
+        "wasi:http/incoming-handler"
+    }
+
+    /// The component's `wasi:http/incoming-handler`, with a pool of up to one idle
+    /// instance per request it may run at once.
+    fn link(
+        &self,
+        pre: &InstancePre<StoreData>,
+        spec: &ValidSpec,
+        budget: &Arc<IdleBudget>,
+    ) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
+        let Ok(pre) = ProxyPre::new(pre.clone()) else {
+            if !spec.routes.is_empty() {
+                return Err(DeployError::WrongWorld(
+                    "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let limits = &spec.limits;
+        let pool = InstancePool::new(
+            limits.requests_per_instance,
+            limits.max_concurrency,
+            budget.clone(),
+        );
+        Ok(Some(Box::new(Entry { pre, pool })))
+    }
+
     /// Refuses routes that clash with another component's.
     fn check(&self, live: &Snapshot, name: &str, spec: &ValidSpec) -> Result<(), DeployError> {
         let mut specs: Vec<(&str, &ComponentSpec)> = vec![(name, spec)];
@@ -245,7 +251,7 @@ pub async fn dispatch(
     });
     // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
     // store, instantiated in `run`; then the next spare, if the pool wants one.
-    let Some(mut call) = Call::begin(deployment, |d| d.entries.http.as_ref(), None) else {
+    let Some(mut call) = Call::<ProxyPre<StoreData>>::begin(deployment, None) else {
         return Err(HttpError::GuestFailed {
             component: deployment.name.clone(),
             cause: "the component has no HTTP handler".into(),

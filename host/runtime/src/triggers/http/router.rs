@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use crate::deploy::Deployment;
+use crate::deployment::Deployment;
 use crate::spec::route::Pattern;
 
 /// One entry of the table.

@@ -1,0 +1,234 @@
+//! Deploy flow, step 3: a component version checked, compiled (or loaded from the
+//! cache) and linked, with each trigger linking the export it calls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, InstancePre};
+
+use super::{DeployError, Deployment};
+use crate::api::{Compiled, Tier};
+use crate::capabilities::{Backends, Grants};
+use crate::compile::{CompileCache, Write};
+use crate::deployment::Exports;
+use crate::engine::{Engines, TierEngine};
+use crate::instance::IdleBudget;
+use crate::spec::ValidSpec;
+use crate::store_data::StoreData;
+use crate::triggers::Trigger;
+
+/// What making a deployment takes: the host's engines, compile cache, backends (for the
+/// grants) and triggers (each links the export it calls).
+#[derive(Clone)]
+pub struct Deployer {
+    /// Cranelift, and Winch for a quick start.
+    pub engines: Engines,
+    /// Compiled code on disk.
+    pub cache: CompileCache,
+    /// What grants give access to.
+    pub backends: Backends,
+    /// Every trigger of the host.
+    pub triggers: Vec<Arc<dyn Trigger>>,
+}
+
+impl std::fmt::Debug for Deployer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployer")
+            .field("triggers", &self.triggers)
+            .finish()
+    }
+}
+
+impl Deployer {
+    /// Checks, compiles (or loads from cache) and links `wasm`, whose digest
+    /// ([`crate::compile::digest`]) is `version`, as component `name` under `spec`.
+    ///
+    /// Code already in the cache is used as it is. Otherwise, if the host has a
+    /// baseline compiler, the component starts on Winch code and
+    /// [`Deployment::tier`] says so: the caller recompiles it with Cranelift in the
+    /// background ([`Deployer::optimized`], see `LiveSet::deploy`).
+    pub fn prepare(
+        &self,
+        name: &str,
+        spec: ValidSpec,
+        wasm: &[u8],
+        version: String,
+    ) -> Result<Deployment, DeployError> {
+        crate::spec::validate_name(name)?;
+        check_is_component(wasm)?;
+        let (cache, optimized) = (&self.cache, &self.engines.optimized);
+        let (engine, (component, compiled)) = match (
+            cache.cached(&optimized.engine, &version),
+            &self.engines.baseline,
+        ) {
+            (Some(hit), _) => (optimized, hit),
+            // Cached too (a host restarted before Cranelift finished starts on it
+            // again), but written in the background: writing tens of MB would
+            // delay the first response.
+            (None, Some(baseline)) => {
+                match cache.compile(&baseline.engine, wasm, &version, Write::InBackground) {
+                    Ok(code) => (baseline, code),
+                    Err(e) => {
+                        // Winch lacks some proposals Cranelift has: not an error yet.
+                        tracing::info!(
+                            component = name,
+                            "Winch cannot compile it, using Cranelift: {e:#}"
+                        );
+                        (optimized, compile(optimized, cache, wasm, &version)?)
+                    }
+                }
+            }
+            (None, None) => (optimized, compile(optimized, cache, wasm, &version)?),
+        };
+        let deployed_at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let pre = link(engine, &component)?;
+        let exports = self.link_exports(&pre, &spec, &engine.idle_budget)?;
+        Ok(Deployment {
+            name: name.to_string(),
+            version,
+            grants: Grants::new(name, &spec, &self.backends),
+            concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+            spec,
+            component,
+            pre,
+            exports,
+            idle_budget: engine.idle_budget.clone(),
+            tier: engine.tier,
+            deployed_at,
+            compiled,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// The same code as `current` under a new spec, without compiling again.
+    pub fn with_spec(
+        &self,
+        current: &Deployment,
+        spec: ValidSpec,
+    ) -> Result<Deployment, DeployError> {
+        let exports = self.link_exports(&current.pre, &spec, &current.idle_budget)?;
+        Ok(Deployment {
+            name: current.name.clone(),
+            version: current.version.clone(),
+            grants: Grants::new(&current.name, &spec, &self.backends),
+            concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
+            spec,
+            component: current.component.clone(),
+            pre: current.pre.clone(),
+            exports,
+            idle_budget: current.idle_budget.clone(),
+            tier: current.tier,
+            deployed_at: current.deployed_at,
+            compiled: current.compiled,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    /// `current` on Cranelift code: the tier-up of a deployment that started on Winch.
+    /// Same version, spec and grants; counters carry over.
+    pub fn optimized(&self, current: &Deployment, wasm: &[u8]) -> Result<Deployment, DeployError> {
+        let optimized = &self.engines.optimized;
+        let (component, compiled) = compile(optimized, &self.cache, wasm, &current.version)?;
+        let pre = link(optimized, &component)?;
+        let exports = self.link_exports(&pre, &current.spec, &optimized.idle_budget)?;
+        let max_concurrency = current.spec.limits.max_concurrency as usize;
+        Ok(Deployment {
+            name: current.name.clone(),
+            version: current.version.clone(),
+            grants: current.grants.clone(),
+            concurrency: Arc::new(Semaphore::new(max_concurrency)),
+            spec: current.spec.clone(),
+            component,
+            pre,
+            exports,
+            idle_budget: optimized.idle_budget.clone(),
+            tier: Tier::Optimized,
+            deployed_at: current.deployed_at,
+            compiled,
+            requests: AtomicU64::new(current.requests.load(Ordering::Relaxed)),
+            errors: AtomicU64::new(current.errors.load(Ordering::Relaxed)),
+        })
+    }
+
+    /// Each trigger's export of the component behind `pre`, with pools in `budget`.
+    /// Refused if the spec needs an export the component lacks (its trigger says
+    /// which), or if no trigger has anything to call.
+    fn link_exports(
+        &self,
+        pre: &InstancePre<StoreData>,
+        spec: &ValidSpec,
+        budget: &Arc<IdleBudget>,
+    ) -> Result<Exports, DeployError> {
+        let mut linked = Vec::new();
+        for trigger in &self.triggers {
+            linked.extend(trigger.link(pre, spec, budget)?);
+        }
+        if linked.is_empty() {
+            let exports: Vec<String> = self
+                .triggers
+                .iter()
+                .map(|t| format!("`{}`", t.export()))
+                .collect();
+            return Err(DeployError::WrongWorld(format!(
+                "the component exports none of {}: it is not a service",
+                exports.join(", ")
+            )));
+        }
+        Ok(Exports::new(linked))
+    }
+}
+
+/// Resolves `component`'s imports with `engine`'s linker.
+fn link(engine: &TierEngine, component: &Component) -> Result<InstancePre<StoreData>, DeployError> {
+    engine
+        .linker
+        .instantiate_pre(component)
+        .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))
+}
+
+fn compile(
+    engine: &TierEngine,
+    cache: &CompileCache,
+    wasm: &[u8],
+    version: &str,
+) -> Result<(Component, Compiled), DeployError> {
+    cache
+        .compile(&engine.engine, wasm, version, Write::Now)
+        .map_err(|e| DeployError::Compile(format!("{e:#}")))
+}
+
+/// Tells a component from a core module or something else, before compiling.
+fn check_is_component(wasm: &[u8]) -> Result<(), DeployError> {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        return Err(DeployError::NotWasm);
+    }
+    // Bytes 4..8: version 1 is a core module; components use layer 1 (`0d 00 01 00`).
+    if wasm[6..8] == [0, 0] {
+        return Err(DeployError::CoreModule);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_components_from_modules() {
+        assert!(matches!(
+            check_is_component(b"hello world"),
+            Err(DeployError::NotWasm)
+        ));
+        assert!(matches!(
+            check_is_component(b"\0asm\x01\0\0\0"),
+            Err(DeployError::CoreModule)
+        ));
+        assert!(check_is_component(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+}
