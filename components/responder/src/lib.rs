@@ -14,6 +14,8 @@
 //! with the error); `POST /request/<subject>` requests with the body and answers with the
 //! reply (200) or the error (502).
 //!
+//! Logging: `POST /log/<level>` logs the body through `wasi:logging` (204).
+//!
 //! Key-value: `GET|PUT|DELETE /kv/<bucket>/<key>`, `POST /kv/<bucket>/<key>/incr` (by 1),
 //! `GET /kv/<bucket>` (the keys, one a line). A refused `open` answers 403.
 
@@ -122,11 +124,29 @@ impl HttpGuest for Responder {
             }
         } else if let Some(rest) = path.strip_prefix("/kv/") {
             kv(&request.method(), rest, body)
+        } else if let Some(level) = path.strip_prefix("/log/") {
+            log(level, &body)
         } else {
             (404, b"unknown path".to_vec())
         };
         respond(out, status, &[], &answer);
     }
+}
+
+/// Logs the body through `wasi:logging` at `level`, with context `responder`.
+fn log(level: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use wasi::logging::logging::{Level, log};
+    let level = match level {
+        "trace" => Level::Trace,
+        "debug" => Level::Debug,
+        "info" => Level::Info,
+        "warn" => Level::Warn,
+        "error" => Level::Error,
+        "critical" => Level::Critical,
+        _ => return (400, format!("unknown level `{level}`").into_bytes()),
+    };
+    log(level, "responder", &String::from_utf8_lossy(body));
+    (204, vec![])
 }
 
 fn kv(method: &weft_sdk::wasi::http::types::Method, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {

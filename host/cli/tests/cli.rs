@@ -68,47 +68,7 @@ fn up_serves_a_manifest_and_the_cli_manages_it() {
     )
     .unwrap();
 
-    let mut child = Command::new(WEFT)
-        .args([
-            "up",
-            manifest.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        // Its own key-value store: a host running on this machine holds the default one.
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weft up");
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut up = Running {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
-    let http = up
-        .wait_for("serving on http://")
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .to_string();
-    let admin = up
-        .wait_for("admin API on http://")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut up, http, admin) = weft_up(dir.path(), &manifest);
     let table = up.wait_for("/hello/...");
     assert!(
         table.contains("hello") && table.contains(&format!("http://{http}/hello/...")),
@@ -242,6 +202,91 @@ fn no_host_and_bad_manifests_get_errors_that_say_what_to_do() {
         err.contains("missing.wasm does not exist") && err.contains("no `build` command"),
         "{err}"
     );
+}
+
+/// Starts `weft up MANIFEST` on ephemeral ports with its cache and data in `dir`; returns
+/// the running process and its HTTP and admin addresses.
+fn weft_up(dir: &std::path::Path, manifest: &std::path::Path) -> (Running, String, String) {
+    let mut child = Command::new(WEFT)
+        .args([
+            "up",
+            manifest.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        // Its own key-value store: a host running on this machine holds the default one.
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weft up");
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut up = Running {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    let http = up
+        .wait_for("serving on http://")
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .to_string();
+    let admin = up
+        .wait_for("admin API on http://")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (up, http, admin)
+}
+
+/// `wasi:logging` from a real guest: each call is one host log line at its level, with
+/// the component's name and the guest's context; a newline in the message cannot start
+/// a forged line of its own.
+#[test]
+fn guest_logs_through_wasi_logging_on_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let responder = dir.path().join("responder.wasm");
+    std::fs::write(&responder, wasm("responder")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"logs\"\n[components.logs]\nsource = \"responder.wasm\"\nroutes = [{ path = \"/...\" }]\n",
+    )
+    .unwrap();
+    let (mut up, http, _) = weft_up(dir.path(), &manifest);
+    let client = reqwest::blocking::Client::new();
+    let log = |level: &str, body: &str| {
+        client
+            .post(format!("http://{http}/log/{level}"))
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(log("warn", "disk almost full"), 204);
+    let line = up.wait_for("[logs] log responder: disk almost full");
+    assert!(line.contains("WARN"), "logged at its level: {line}");
+    assert_eq!(log("error", "first\n[other] stdout: forged"), 204);
+    let line = up.wait_for("[logs] log responder: first");
+    assert!(
+        line.contains("first [other] stdout: forged") && line.contains("ERROR"),
+        "one line, at its level: {line}"
+    );
+    assert_eq!(log("loud", "x"), 400);
+    let _ = up.child.kill();
+    let _ = up.child.wait();
 }
 
 /// `just deploy hello`, the way a service author ships: it rebuilds the component and

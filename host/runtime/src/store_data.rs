@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::guest_log::{Tail, tail_text};
 use crate::capabilities::keyvalue::{KeyValue, KvGrant};
+use crate::capabilities::logging::LoggingGrant;
 use crate::capabilities::messaging::MessagingCtx;
 use crate::capabilities::outbound_http::OutboundPolicy;
 use crate::capabilities::{self, Grants};
@@ -21,6 +22,7 @@ pub struct StoreData {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
+    logging: LoggingGrant,
     outbound_http: OutboundPolicy,
     messaging: MessagingCtx,
     keyvalue: KvGrant,
@@ -47,6 +49,7 @@ impl StoreData {
             table: ResourceTable::new(),
             wasi: grants.wasi.ctx(stderr.clone()),
             http: WasiHttpCtx::new(),
+            logging: grants.logging.clone(),
             outbound_http: grants.outbound_http.clone(),
             messaging: MessagingCtx::new(grants.messaging.clone(), call.reply_to),
             keyvalue: grants.keyvalue.clone(),
@@ -67,6 +70,11 @@ impl StoreData {
     /// The key-value capability's view.
     fn keyvalue(&mut self) -> KeyValue<'_> {
         KeyValue::new(&self.keyvalue, &mut self.table)
+    }
+
+    /// The logging capability's grant.
+    fn logging(&mut self) -> &mut LoggingGrant {
+        &mut self.logging
     }
 
     /// The messaging capability's state.
@@ -126,6 +134,7 @@ pub fn new_store(
 /// `capabilities`' checklist).
 pub fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
     capabilities::wasi::add_to_linker(linker)?;
+    capabilities::logging::add_to_linker(linker, StoreData::logging)?;
     capabilities::outbound_http::add_to_linker(linker)?;
     capabilities::messaging::add_to_linker(linker, StoreData::messaging)?;
     capabilities::keyvalue::add_to_linker(linker, StoreData::keyvalue)?;

@@ -11,7 +11,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// Longest line kept before it is logged anyway, so a guest cannot grow host memory.
-const MAX_LINE: usize = 16 * 1024;
+pub const MAX_LINE: usize = 16 * 1024;
 
 /// Lines of stderr kept per instance for failure reports.
 const TAIL_LINES: usize = 8;

@@ -11,6 +11,7 @@
 //! |---|---|---|
 //! | [`wasi`] | all of WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...) | `config` (environment); nothing else: no files, no sockets |
 //! | [`guest_log`] | stdout and stderr of `wasi:cli` | always: each line is logged |
+//! | [`logging`] | `wasi:logging/logging` (0.1.0-draft) | always: each call is one log line at its level |
 //! | [`outbound_http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` |
 //! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` |
 //! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft) | `buckets` |
@@ -20,7 +21,8 @@
 //!    grant type with `fn grant(spec, backends) -> Grant`, the view, `add_to_linker<T>`,
 //!    and unit tests of the grant's rules.
 //! 2. `spec/mod.rs`: the spec field that grants it (default: nothing), and its checks in
-//!    `ComponentSpec::validate`. `weft.toml` and the admin API read it from there.
+//!    `ComponentSpec::validate`. `weft.toml` and the admin API read it from there. (None
+//!    for a capability every component has, like `logging`.)
 //! 3. Here: a field of [`Grants`] and its line in [`Grants::new`].
 //! 4. `store_data.rs`: the per-instance field (built from the grant in
 //!    `StoreData::new`) and one line in `store_data::add_to_linker`.
@@ -30,6 +32,7 @@
 
 pub mod guest_log;
 pub mod keyvalue;
+pub mod logging;
 pub mod messaging;
 pub mod outbound_http;
 pub mod wasi;
@@ -57,6 +60,8 @@ pub struct Grants {
     pub component: Arc<str>,
     /// WASI: the environment (the spec's `config`), and nothing else.
     pub wasi: wasi::WasiGrant,
+    /// Logging: under its own name.
+    pub logging: logging::LoggingGrant,
     /// Outgoing HTTP: the hosts it may call.
     pub outbound_http: outbound_http::OutboundPolicy,
     /// Messaging: the bus and the subjects it may publish on.
@@ -71,6 +76,7 @@ impl Grants {
         Grants {
             component: name.into(),
             wasi: wasi::grant(name, spec),
+            logging: logging::grant(name),
             outbound_http: outbound_http::grant(spec),
             messaging: messaging::grant(name, spec, backends.bus.clone()),
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),
