@@ -64,8 +64,11 @@ impl<P: Pre> Call<P> {
             reply_to,
         };
         let deadline = call.deadline;
-        let (store, warm) = match entry.pool.take(call.clone()) {
-            Some((store, exports, uses)) => (store, Some((exports, uses))),
+        let (store, warm) = match entry.pool.take() {
+            Some((mut store, exports, uses)) => {
+                StoreData::rearm(&mut store, call);
+                (store, Some((exports, uses)))
+            }
             None => (deployment.new_store(call), None),
         };
         prepare_spare::<P>(deployment);

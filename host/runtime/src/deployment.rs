@@ -33,11 +33,11 @@ pub struct Deployment {
     /// The compiled code.
     pub component: Component,
     /// The component with its imports resolved once; each call only instantiates.
-    pub pre: InstancePre<StoreData>,
+    pub(crate) pre: InstancePre<StoreData>,
     /// The exports triggers call, each linked by its trigger, with its idle instances.
-    pub exports: Exports,
+    pub(crate) exports: Exports,
     /// The idle-instance budget of the engine the code is for.
-    pub idle_budget: Arc<IdleBudget>,
+    pub(crate) idle_budget: Arc<IdleBudget>,
     /// Admission control: one permit per running instance.
     pub concurrency: Arc<Semaphore>,
     /// When it went live (seconds since the Unix epoch).
@@ -144,11 +144,6 @@ impl Exports {
     /// The exports in `linked`.
     pub fn new(linked: Vec<Box<dyn LinkedExport>>) -> Exports {
         Exports(linked)
-    }
-
-    /// Whether a trigger linked anything.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// The export of type `P`, if linked.

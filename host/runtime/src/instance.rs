@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use wasmtime::Store;
 
-use crate::store_data::{CallContext, StoreData};
+use crate::store_data::StoreData;
 
 /// A component with its imports resolved, for one kind of call: each trigger implements
 /// it for the typed pre-instance of the export it calls (`ProxyPre` for HTTP requests,
@@ -138,12 +138,11 @@ impl<E> InstancePool<E> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// An idle instance (kept or spare), rearmed for `call`, with its exports and the
-    /// calls it has served; `None` if none is idle.
-    pub fn take(&self, call: CallContext) -> Option<(Store<StoreData>, E, u32)> {
-        let (_, mut warm) = self.lock().pop()?;
+    /// An idle instance (kept or spare), with its exports and the calls it has served;
+    /// `None` if none is idle. The caller rearms it for its call.
+    pub fn take(&self) -> Option<(Store<StoreData>, E, u32)> {
+        let (_, warm) = self.lock().pop()?;
         self.budget.release(1);
-        StoreData::rearm(&mut warm.store, call);
         Some((warm.store, warm.exports, warm.uses))
     }
 
