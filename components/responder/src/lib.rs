@@ -10,8 +10,8 @@
 //! - `count`: replies how many messages this instance has handled, this one included
 //!   (always 1 unless the component reuses instances).
 //!
-//! HTTP (the bridge): `POST /publish/<subject>` publishes the request body (202, or 403
-//! with the error); `POST /request/<subject>` requests with the body and answers with the
+//! HTTP (the bridge): `POST /publish/<subject>[?reply_to=<subject>]` publishes the
+//! request body, with that reply subject if given (202, or 403 with the error); `POST /request/<subject>` requests with the body and answers with the
 //! reply (200) or the error (502).
 //!
 //! Logging: `POST /log/<level>` logs the body through `wasi:logging` (204).
@@ -108,11 +108,15 @@ impl HttpGuest for Responder {
     fn handle(request: IncomingRequest, out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         let body = read_body(&request).unwrap_or_default();
-        let (status, answer) = if let Some(subject) = path.strip_prefix("/publish/") {
+        let (status, answer) = if let Some(target) = path.strip_prefix("/publish/") {
+            let (subject, reply_to) = match target.split_once("?reply_to=") {
+                Some((subject, reply_to)) => (subject, Some(reply_to.to_string())),
+                None => (target, None),
+            };
             match consumer::publish(&BrokerMessage {
                 subject: subject.to_string(),
                 body,
-                reply_to: None,
+                reply_to,
             }) {
                 Ok(()) => (202, b"published".to_vec()),
                 Err(e) => (403, e.into_bytes()),

@@ -41,9 +41,17 @@ enum Command {
         /// Address for the admin API.
         #[arg(long, default_value = "127.0.0.1:7070")]
         admin: std::net::SocketAddr,
-        /// Bearer token for the admin API (required when it is not on loopback).
-        #[arg(long, env = "WEFT_ADMIN_TOKEN")]
+        /// Bearer token for the admin API (required when it is not on loopback; on
+        /// loopback, it keeps other local users out).
+        #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// A name the admin API may be reached by (repeatable), besides its address and
+        /// `localhost`: requests naming any other host are refused (DNS rebinding).
+        #[arg(long = "admin-host")]
+        admin_hosts: Vec<String>,
+        /// A browser origin allowed to call the admin API (repeatable; default none).
+        #[arg(long = "admin-origin")]
+        admin_origins: Vec<String>,
         /// Directory for compiled code (default: ~/.cache/weft).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
@@ -108,7 +116,7 @@ struct AdminArgs {
     )]
     url: String,
     /// Bearer token for the admin API.
-    #[arg(long = "admin-token", env = "WEFT_ADMIN_TOKEN")]
+    #[arg(long = "admin-token", env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -123,7 +131,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn".into()
+                "info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn,async_nats=warn".into()
             }),
         )
         .with_writer(std::io::stderr)
@@ -168,6 +176,8 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             admin,
             admin_token,
+            admin_hosts,
+            admin_origins,
             cache_dir,
             no_build,
             cranelift_only,
@@ -185,6 +195,8 @@ async fn run(cli: Cli) -> Result<()> {
                 listen,
                 admin_listen: admin,
                 admin_token,
+                admin_hosts,
+                admin_origins,
                 nats,
                 baseline_compiler: !cranelift_only,
                 ..HostConfig::default()

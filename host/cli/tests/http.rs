@@ -368,13 +368,13 @@ async fn bodies_over_the_limit_get_413_and_large_ones_echo_intact() {
 async fn least_privilege_and_outbound_http_allow_list() {
     let cache = tempfile::tempdir().unwrap();
     let host = start_host(cache.path()).await;
-    deploy(&host, "hello", "hello", routes(&["/hello"])).await;
-    let target = format!("http://{}/hello", host.http_addr());
+    let service = http_target().await;
+    let target = format!("http://{service}/");
     let mut denied = routes(&["/denied/..."]);
     denied.config.insert("GREETING".into(), "hi".into());
     deploy(&host, "denied", "faults", denied).await;
     let allowed = ComponentSpec {
-        allowed_outbound_hosts: vec![host.http_addr().to_string()],
+        allowed_outbound_hosts: vec![format!("http://{service}")],
         ..routes(&["/allowed/..."])
     };
     deploy(&host, "allowed", "faults", allowed).await;

@@ -95,7 +95,169 @@ conformance!(
     queue_groups_share_and_broadcast_fans_out,
     redeploying_under_a_stream_loses_no_message,
     reuse_keeps_instances_for_messages_but_never_after_a_trap,
+    forged_reply_subjects_are_refused,
+    reserved_namespaces_are_out_of_every_grant,
 );
+
+/// A responder serving the HTTP bridge on every path, publishing on `allowed`.
+fn bridge(allowed: &[&str]) -> ComponentSpec {
+    ComponentSpec {
+        routes: vec![weft_runtime::spec::RouteSpec {
+            path: "/...".into(),
+            methods: vec![],
+        }],
+        allowed_publish: allowed.iter().map(|s| s.to_string()).collect(),
+        ..ComponentSpec::default()
+    }
+}
+
+/// Waits a moment, then whether `sub` received nothing.
+async fn stays_silent(sub: &mut weft_runtime::bus::Subscription) -> bool {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sub.messages.try_recv().is_err()
+}
+
+async fn forged_reply_subjects_are_refused(env: Env) {
+    // The victim answers `svc.*.echo` requests at whatever reply subject they carry.
+    env.deploy("victim", subscriber("svc.*.echo")).await;
+    env.deploy("attacker", bridge(&["svc.>", "replies.>"]))
+        .await;
+    let bus = env.bus();
+    // Where forged replies would land: bucket `orders` (on NATS, `$KV.orders.<key>` is a
+    // write to it) and a subject only another component may publish to.
+    let mut bucket = bus
+        .subscribe("$KV.orders.>".into(), None, 16)
+        .await
+        .unwrap();
+    let mut orders = bus
+        .subscribe("orders.created".into(), None, 16)
+        .await
+        .unwrap();
+    let mut replies = bus.subscribe("replies.a".into(), None, 16).await.unwrap();
+    let client = reqwest::Client::new();
+    let publish = |reply_to: &str| {
+        client
+            .post(url(
+                &env.host,
+                &format!("/publish/svc.x.echo?reply_to={reply_to}"),
+            ))
+            .body("forged")
+            .send()
+    };
+    for forged in ["$KV.orders.k", "orders.created", "_INBOX.guess"] {
+        let refused = publish(forged).await.unwrap();
+        assert_eq!(refused.status(), 403, "reply_to {forged}");
+        let error = refused.text().await.unwrap();
+        assert!(
+            error.contains(&format!("may not set reply_to `{forged}`")),
+            "{error}"
+        );
+    }
+    // A reply subject of its own is fine: the victim answers there.
+    assert_eq!(publish("replies.a").await.unwrap().status(), 202);
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.messages.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(text(&reply), "-:forged");
+
+    // A client outside any grant forges the same on the bus: neither the victim's reply
+    // nor the host's error reply goes into the reserved namespace.
+    bus.publish(Message {
+        subject: "svc.x.echo".into(),
+        reply_to: Some("$KV.orders.k".into()),
+        headers: vec![],
+        body: Bytes::from("raw"),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&env.request("svc.y.echo", "after").await.unwrap()),
+        "-:after"
+    );
+    assert!(
+        stays_silent(&mut bucket).await,
+        "nothing reached bucket `orders`"
+    );
+    assert!(
+        stays_silent(&mut orders).await,
+        "nothing reached `orders.created`"
+    );
+    env.shutdown().await;
+}
+
+async fn reserved_namespaces_are_out_of_every_grant(env: Env) {
+    env.deploy("wide", bridge(&[">"])).await;
+    let client = reqwest::Client::new();
+    let post = |path: String| client.post(url(&env.host, &path)).body("x").send();
+
+    // `>` reaches ordinary subjects...
+    assert_eq!(
+        post("/publish/events.x".into()).await.unwrap().status(),
+        202
+    );
+    // ...but not the broker's API (on NATS, `$JS.API.STREAM.DELETE.<s>` deletes a stream),
+    // its buckets, its system account, or the host's inboxes and control subjects.
+    let refused = post("/request/$JS.API.INFO".into()).await.unwrap();
+    assert_eq!(refused.status(), 502);
+    let error = refused.text().await.unwrap();
+    assert!(
+        error.contains("may not publish to `$JS.API.INFO`") && error.contains("broker"),
+        "{error}"
+    );
+    for subject in [
+        "$JS.API.STREAM.DELETE.orders",
+        "$KV.orders.k",
+        "$SYS.REQ.SERVER.PING",
+        "_INBOX.x",
+        "_WEFT.hosts",
+    ] {
+        let refused = post(format!("/publish/{subject}")).await.unwrap();
+        assert_eq!(refused.status(), 403, "{subject}");
+        assert!(
+            refused
+                .text()
+                .await
+                .unwrap()
+                .contains(&format!("may not publish to `{subject}`")),
+            "{subject}"
+        );
+    }
+
+    // A grant or subscription that names one is refused at deploy, saying why.
+    let named = bridge(&["$JS.API.>"]).validate().unwrap_err();
+    assert_eq!(named.key, "allowed_publish[0]");
+    assert!(named.message.contains("reserved"), "{named}");
+    let inbox = subscriber("_INBOX.>").validate().unwrap_err();
+    assert_eq!(inbox.key, "subscriptions[0].subject");
+
+    // A `>` subscription hears ordinary subjects only: not the host's replies to other
+    // requests, nor writes into buckets.
+    env.deploy("all", subscriber(">")).await;
+    let bus = env.bus();
+    for subject in ["$KV.orders.k", "_INBOX.someone.else"] {
+        bus.publish(Message {
+            subject: subject.into(),
+            body: Bytes::from("x"),
+            ..Message::default()
+        })
+        .await
+        .unwrap();
+    }
+    // `probe.count` is answered (the reply goes to an `_INBOX.` subject `all` also matches).
+    assert_eq!(text(&env.request("probe.count", "").await.unwrap()), "1");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let handled = env
+        .host
+        .deployments()
+        .list()
+        .into_iter()
+        .find(|d| d.name == "all")
+        .unwrap()
+        .requests;
+    assert_eq!(handled, 1, "only `probe.count` reached the `>` subscriber");
+    env.shutdown().await;
+}
 
 async fn request_reply_with_wildcards(env: Env) {
     env.deploy("r", subscriber("svc.*.echo")).await;

@@ -1,6 +1,17 @@
 //! The admin API: deploy, list and undeploy components on a running host.
 //! Loopback by default; any other bind address requires a bearer token.
+//!
+//! Every request passes [`authorize`] first, the one place access is decided:
+//! - its `Host` must be the listener's own address (any IP address if it listens on
+//!   `0.0.0.0`), `localhost` (on loopback), or a name the operator configured: a web
+//!   page cannot reach the API by pointing its own domain at 127.0.0.1 (DNS rebinding);
+//! - a request from a browser (with an `Origin` header) is refused unless the origin is
+//!   configured;
+//! - with a token configured (always, off loopback), the bearer token must match,
+//!   compared in constant time. On loopback the token is how to keep other local users
+//!   (and local guests' neighbours) out.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -18,17 +29,72 @@ use crate::spec::ComponentSpec;
 /// Largest component accepted by the admin API.
 const MAX_UPLOAD: usize = 512 << 20;
 
+/// Who may use the admin API.
+#[derive(Debug, Clone)]
+pub struct AdminAccess {
+    /// The address the admin API listens on.
+    pub listen: SocketAddr,
+    /// Bearer token every request must carry, if set.
+    pub token: Option<String>,
+    /// Further names accepted in the `Host` header (the names operators reach it by).
+    pub hosts: Vec<String>,
+    /// Browser origins allowed to call it (`https://console.example.com`); none by default.
+    pub origins: Vec<String>,
+}
+
+impl AdminAccess {
+    /// Whether a request's `Host` header names this listener.
+    fn host_allowed(&self, host: &str) -> bool {
+        let Ok(authority) = host.parse::<http::uri::Authority>() else {
+            return false;
+        };
+        let name = authority.host().trim_end_matches('.').to_ascii_lowercase();
+        let listen = self.listen.ip();
+        match name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => listen.is_unspecified() || ip == listen,
+            Err(_) => {
+                (name == "localhost" && listen.is_loopback())
+                    || self.hosts.iter().any(|h| h.eq_ignore_ascii_case(&name))
+            }
+        }
+    }
+
+    /// Whether `given` is the token, in time independent of where they differ.
+    fn token_matches(&self, given: Option<&str>) -> bool {
+        match (&self.token, given) {
+            (None, _) => true,
+            (Some(token), Some(given)) => same_secret(token, given),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Compares two secrets in constant time (over their SHA-256 digests, so the length
+/// does not leak either).
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 #[derive(Clone)]
 struct AdminState {
     deployments: Arc<LiveSet>,
-    token: Option<Arc<str>>,
+    access: Arc<AdminAccess>,
 }
 
 /// The admin API's routes.
-pub fn app(deployments: Arc<LiveSet>, token: Option<String>) -> Router {
+pub fn app(deployments: Arc<LiveSet>, access: AdminAccess) -> Router {
     let state = AdminState {
         deployments,
-        token: token.map(Into::into),
+        access: Arc::new(access),
     };
     Router::new()
         .route(
@@ -61,6 +127,16 @@ pub enum AdminError {
         "missing or wrong bearer token: pass the host's admin token (`--admin-token` or WEFT_ADMIN_TOKEN)"
     )]
     Unauthorized,
+    /// The `Host` header names something other than this listener.
+    #[error(
+        "refused: Host `{0}` is not this admin API's address; reach it by its address, or start the host with `--admin-host NAME` to accept that name"
+    )]
+    ForeignHost(String),
+    /// A browser sent the request from a page not allowed to.
+    #[error(
+        "refused: requests from browser origin `{0}` are not allowed; start the host with `--admin-origin ORIGIN` to allow one"
+    )]
+    ForeignOrigin(String),
     /// The `weft-spec` header is not a valid spec.
     #[error("invalid `{SPEC_HEADER}` header: {0}")]
     BadSpec(String),
@@ -73,6 +149,7 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = match &self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AdminError::ForeignHost(_) | AdminError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             AdminError::BadSpec(_) => StatusCode::BAD_REQUEST,
             AdminError::Deploy(DeployError::NotFound(_)) => StatusCode::NOT_FOUND,
             AdminError::Deploy(DeployError::RouteConflict(_)) => StatusCode::CONFLICT,
@@ -85,20 +162,36 @@ impl IntoResponse for AdminError {
     }
 }
 
+/// The one access check of the admin API: `Host`, `Origin`, then the token.
 async fn authorize(
     State(state): State<AdminState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(token) = &state.token {
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(&**token) {
-            return AdminError::Unauthorized.into_response();
-        }
+    let access = &state.access;
+    let headers = request.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let host = text(header::HOST).unwrap_or_default();
+    if !access.host_allowed(&host) {
+        tracing::warn!("admin API: refused a request with Host `{host}`");
+        return AdminError::ForeignHost(host).into_response();
+    }
+    if let Some(origin) = text(header::ORIGIN)
+        && !access.origins.iter().any(|o| *o == origin)
+    {
+        tracing::warn!("admin API: refused a request from browser origin `{origin}`");
+        return AdminError::ForeignOrigin(origin).into_response();
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !access.token_matches(given) {
+        return AdminError::Unauthorized.into_response();
     }
     next.run(request).await
 }
@@ -155,4 +248,60 @@ async fn undeploy(
     Path(name): Path<String>,
 ) -> Result<Json<DeploymentInfo>, AdminError> {
     Ok(Json(state.deployments.undeploy(&name).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(listen: &str, hosts: &[&str]) -> AdminAccess {
+        AdminAccess {
+            listen: listen.parse().unwrap(),
+            token: Some("s3cret".into()),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            origins: vec![],
+        }
+    }
+
+    #[test]
+    fn host_must_name_the_listener() {
+        let a = access("127.0.0.1:7070", &["admin.internal"]);
+        for ok in [
+            "127.0.0.1:7070",
+            "127.0.0.1",
+            "localhost:7070",
+            "LOCALHOST",
+            "admin.internal:7070",
+        ] {
+            assert!(a.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7070",
+            "attacker.test",
+            "10.0.0.1:7070",
+            "",
+            "a b",
+        ] {
+            assert!(!a.host_allowed(bad), "{bad}");
+        }
+        let any = access("0.0.0.0:7070", &[]);
+        assert!(any.host_allowed("10.0.0.1:7070"));
+        assert!(
+            !any.host_allowed("localhost:7070"),
+            "localhost is for a loopback listener"
+        );
+        assert!(!any.host_allowed("rebind.example:7070"));
+    }
+
+    #[test]
+    fn token_comparison() {
+        let a = access("127.0.0.1:7070", &[]);
+        assert!(a.token_matches(Some("s3cret")));
+        assert!(!a.token_matches(Some("s3cre")));
+        assert!(!a.token_matches(Some("s3cret ")));
+        assert!(!a.token_matches(None));
+        assert!(same_secret("", ""));
+        let open = AdminAccess { token: None, ..a };
+        assert!(open.token_matches(None));
+    }
 }

@@ -13,10 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::AdminAccess;
 use crate::bus::MessageBus;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::nats::{NatsBus, NatsConfig};
 use crate::capabilities::Backends;
+use crate::capabilities::outbound_http::HostListeners;
 use crate::compile::CompileCache;
 use crate::deploy::{Deployer, LiveSet};
 use crate::engine::Engines;
@@ -31,8 +33,14 @@ pub struct HostConfig {
     pub listen: SocketAddr,
     /// Where the admin API is served.
     pub admin_listen: SocketAddr,
-    /// Bearer token for the admin API; required unless it listens on loopback.
+    /// Bearer token for the admin API; required unless it listens on loopback, and the
+    /// way to keep other local users out when it does.
     pub admin_token: Option<String>,
+    /// Names (besides its address, and `localhost` on loopback) the admin API accepts in
+    /// the `Host` header.
+    pub admin_hosts: Vec<String>,
+    /// Browser origins allowed to call the admin API (none by default).
+    pub admin_origins: Vec<String>,
     /// Compiled-code cache directory; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// Instances that may run at once across all components.
@@ -56,6 +64,8 @@ impl Default for HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             admin_token: None,
+            admin_hosts: Vec::new(),
+            admin_origins: Vec::new(),
             cache_dir: CompileCache::default_dir(),
             max_instances: 1000,
             shutdown_grace: Duration::from_secs(10),
@@ -103,14 +113,6 @@ impl Host {
             }
         };
         tracing::info!("messaging: {}", bus.describe());
-        let (http_trigger, triggers) = crate::triggers::all(&bus);
-        let deployments = Arc::new(LiveSet::new(Deployer {
-            engines,
-            cache: CompileCache::new(config.cache_dir),
-            backends: Backends { bus, kv },
-            triggers,
-        }));
-
         let http = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
                 "cannot listen for HTTP on {}: is another host running there?",
@@ -126,6 +128,17 @@ impl Host {
                 )
             })?;
         let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
+        let (http_trigger, triggers) = crate::triggers::all(&bus);
+        let deployments = Arc::new(LiveSet::new(Deployer {
+            engines,
+            cache: CompileCache::new(config.cache_dir),
+            backends: Backends {
+                bus,
+                kv,
+                listeners: HostListeners::new([http_addr, admin_addr]),
+            },
+            triggers,
+        }));
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(expire_idle_instances(
             Arc::downgrade(&deployments),
@@ -135,7 +148,15 @@ impl Host {
             serve(http, http_trigger.app(), stopped.clone()),
             serve(
                 admin,
-                crate::admin::app(deployments.clone(), config.admin_token),
+                crate::admin::app(
+                    deployments.clone(),
+                    AdminAccess {
+                        listen: admin_addr,
+                        token: config.admin_token,
+                        hosts: config.admin_hosts,
+                        origins: config.admin_origins,
+                    },
+                ),
                 stopped,
             ),
         ];

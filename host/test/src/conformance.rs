@@ -25,6 +25,7 @@ pub async fn message_bus(bus: Arc<dyn MessageBus>, prefix: &str) {
     wildcards_match_tokens(bus.as_ref(), prefix).await;
     queue_groups_share_and_broadcast_fans_out(bus.as_ref(), prefix).await;
     request_reply(bus.clone(), prefix).await;
+    inboxes_are_unguessable(bus.as_ref(), prefix).await;
     invalid_subjects_are_refused(bus.as_ref(), prefix).await;
     stop_keeps_what_was_received(bus.as_ref(), prefix).await;
 }
@@ -218,6 +219,42 @@ async fn request_reply(bus: Arc<dyn MessageBus>, prefix: &str) {
     assert!(
         matches!(timed_out, Err(BusError::Timeout(_))),
         "a request nobody answers: {timed_out:?}"
+    );
+}
+
+/// Reply inboxes are random, like NATS's own: knowing one request's inbox tells nothing
+/// about the next, so nobody can answer a request meant for someone else first.
+async fn inboxes_are_unguessable(bus: &dyn MessageBus, prefix: &str) {
+    let subject = format!("{prefix}.inbox");
+    let mut sub = subscribe(bus, subject.clone(), None).await;
+    settle(bus, &mut sub, &subject).await;
+    let mut inboxes = Vec::new();
+    for _ in 0..2 {
+        let _ = bus
+            .request(subject.clone(), Bytes::new(), Duration::from_millis(50))
+            .await;
+        let request = next(&mut sub, "a request").await;
+        inboxes.push(request.reply_to.expect("a request carries its inbox"));
+    }
+    for inbox in &inboxes {
+        let unique = inbox
+            .strip_prefix("_INBOX.")
+            .unwrap_or_else(|| panic!("inbox `{inbox}` is under `_INBOX.`"));
+        assert!(
+            unique.len() >= 22,
+            "inbox `{inbox}` is long enough to be unguessable"
+        );
+    }
+    let differing = inboxes[0]
+        .chars()
+        .zip(inboxes[1].chars())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        differing >= 8,
+        "consecutive inboxes `{}` and `{}` differ in more than a counter",
+        inboxes[0],
+        inboxes[1]
     );
 }
 

@@ -49,6 +49,11 @@ impl NatsServer {
     /// Starts a server, or returns `None` (loudly) on a developer machine without
     /// `nats-server`. In CI (`CI` set) a missing server fails the test.
     pub fn start() -> Option<NatsServer> {
+        NatsServer::start_with(&[])
+    }
+
+    /// [`NatsServer::start`] with extra `nats-server` arguments (`--user`, `--pass`, ...).
+    pub fn start_with(args: &[&str]) -> Option<NatsServer> {
         // A port is never handed out twice in one test process, so a server stopped for
         // a restart test cannot have its port taken by another test's server meanwhile.
         static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
@@ -62,13 +67,14 @@ impl NatsServer {
             }
         };
         let store = tempfile::tempdir().expect("a temporary directory");
-        NatsServer::start_on(port, store)
+        NatsServer::start_on(port, store, args)
     }
 
-    fn start_on(port: u16, store: tempfile::TempDir) -> Option<NatsServer> {
+    fn start_on(port: u16, store: tempfile::TempDir, args: &[&str]) -> Option<NatsServer> {
         let child = Command::new(NATS_SERVER)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store.path())
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn();
@@ -119,7 +125,7 @@ impl NatsServer {
 
     /// Starts a server again on the port and store of a stopped one.
     pub fn restart((port, store): (u16, tempfile::TempDir)) -> NatsServer {
-        NatsServer::start_on(port, store).expect("nats-server was there a moment ago")
+        NatsServer::start_on(port, store, &[]).expect("nats-server was there a moment ago")
     }
 }
 

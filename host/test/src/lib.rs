@@ -193,6 +193,7 @@ impl TestComponent {
             backends: Backends {
                 bus,
                 kv: world.clone(),
+                listeners: Default::default(),
             },
             triggers,
         };

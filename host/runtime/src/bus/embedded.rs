@@ -11,6 +11,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::spec::subject::INBOX_PREFIX;
+
 use super::{
     BusError, Message, MessageBus, StopDelivery, Subscription, subject_matches, valid_pattern,
     valid_subject,
@@ -159,10 +161,8 @@ impl MessageBus for EmbeddedBus {
             if !valid_subject(&subject) {
                 return Err(BusError::InvalidSubject(subject));
             }
-            let inbox = format!(
-                "_INBOX.{}",
-                self.inner.next_id.fetch_add(1, Ordering::Relaxed)
-            );
+            // Unguessable (128 random bits): nobody can answer another's request first.
+            let inbox = format!("{INBOX_PREFIX}{:032x}", rand::random::<u128>());
             let mut replies = self.subscribe(inbox.clone(), None, 1).await?;
             let recipients = self.recipients(&subject);
             if recipients.is_empty() {

@@ -29,6 +29,7 @@ pub struct NatsConfig {
 #[derive(Debug, Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    /// The server URL without credentials ([`redact_url`]).
     url: String,
 }
 
@@ -61,14 +62,33 @@ impl NatsBus {
                 .await
                 .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
         }
+        let url = redact_url(&config.url);
         let client = options.connect(config.url.as_str()).await.with_context(|| {
-            format!("cannot connect to NATS at {}: is nats-server running there? (omit --nats to use the embedded bus)", config.url)
+            format!("cannot connect to NATS at {url}: is nats-server running there? (omit --nats to use the embedded bus)")
         })?;
-        Ok(NatsBus {
-            client,
-            url: config.url.clone(),
-        })
+        Ok(NatsBus { client, url })
     }
+}
+
+/// `urls` (comma-separated NATS URLs) with any `user:password@` or `token@` replaced by
+/// `***@`: what may appear in status, listings and logs.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let scheme = if scheme.is_empty() {
+                String::new()
+            } else {
+                format!("{scheme}://")
+            };
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}***@{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn to_message(m: async_nats::Message) -> Message {
@@ -241,5 +261,21 @@ impl StopDelivery for Drain {
             let _ = tokio::time::timeout(STOP_WAIT, acknowledged).await;
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn credentials_never_leave_the_url() {
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact_url("nats://alice:pw@a:4222,tls://tok@b:4222"),
+            "nats://***@a:4222,tls://***@b:4222"
+        );
+        assert_eq!(redact_url("u:p@host:4222"), "***@host:4222");
+        assert_eq!(redact_url("nats://a:p@ss@h:1"), "nats://***@h:1");
     }
 }

@@ -1,6 +1,9 @@
 //! Host capability `wasmcloud:messaging/consumer`: publish and request from a guest,
 //! limited to the subjects its manifest entry allows (and the reply subject of the
-//! message it is handling).
+//! message it is handling). Reserved namespaces (`$JS.`, `$KV.`, `_INBOX.`, ...: see
+//! [`reserved`]) are never reachable, and a `reply_to` the guest sets must be a subject
+//! it could publish to or subscribes to, so nobody else's reply lands where this
+//! component may not write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +12,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bus::{BusError, Message, MessageBus, subject_matches};
 use crate::spec::ValidSpec;
+use crate::spec::subject::{reserved, valid_reply_target};
 
 /// The host side of `wasmcloud:messaging/{types,consumer}`; the message trigger's
 /// bindings for the `handler` export share its `types`.
@@ -22,12 +26,17 @@ pub mod bindings {
 
 pub use bindings::wasmcloud::messaging::types::BrokerMessage;
 
-/// The messaging grant of component `name`: the host's bus, and the spec's
-/// `allowed_publish`.
+/// The messaging grant of component `name`: the host's bus, the spec's
+/// `allowed_publish`, and its subscriptions (a guest may name them as a `reply_to`).
 pub fn grant(name: &str, spec: &ValidSpec, bus: Arc<dyn MessageBus>) -> MessagingGrant {
     MessagingGrant {
         bus,
         allowed: spec.allowed_publish.clone().into(),
+        subscribed: spec
+            .subscriptions
+            .iter()
+            .map(|s| s.subject.clone())
+            .collect(),
         component: name.into(),
     }
 }
@@ -39,6 +48,8 @@ pub struct MessagingGrant {
     pub bus: Arc<dyn MessageBus>,
     /// Subject patterns it may publish and request on.
     pub allowed: Arc<[String]>,
+    /// Subject patterns it subscribes to.
+    pub subscribed: Arc<[String]>,
     /// The component's name, for error messages.
     pub component: Arc<str>,
 }
@@ -62,19 +73,57 @@ impl MessagingCtx {
         self.reply_to = reply_to;
     }
 
-    fn check(&self, subject: &str) -> Result<(), String> {
-        let allowed = self.reply_to.as_deref() == Some(subject)
-            || self
-                .grant
-                .allowed
-                .iter()
-                .any(|pattern| subject_matches(pattern, subject));
-        if allowed {
+    /// Whether `subject` is the reply subject of the message being handled, and one a
+    /// reply may go to.
+    fn is_current_reply(&self, subject: &str) -> bool {
+        self.reply_to.as_deref() == Some(subject) && valid_reply_target(subject)
+    }
+
+    /// The one check of publishing and requesting: the reply subject of the message
+    /// being handled, or a subject `allowed_publish` matches that is not reserved (a
+    /// wildcard never reaches `$JS.`, `$KV.`, `_INBOX.` and the like).
+    fn check_publish(&self, subject: &str) -> Result<(), String> {
+        if self.is_current_reply(subject) {
+            return Ok(());
+        }
+        if let Some(why) = reserved(subject) {
+            return Err(format!(
+                "permission denied: component `{}` may not publish to `{subject}`: {why}",
+                self.grant.component
+            ));
+        }
+        if self
+            .grant
+            .allowed
+            .iter()
+            .any(|pattern| subject_matches(pattern, subject))
+        {
             Ok(())
         } else {
             Err(format!(
                 "permission denied: component `{}` may not publish to `{subject}` (add it to `allowed_publish` in the manifest)",
                 self.grant.component
+            ))
+        }
+    }
+
+    /// The check of a `reply_to` the guest sets: whoever handles the message will
+    /// publish there, so it must be a subject this component may publish to or
+    /// subscribes to (or the reply subject it is answering, to forward a request).
+    fn check_reply_to(&self, reply_to: &str) -> Result<(), String> {
+        let own = |patterns: &[String]| patterns.iter().any(|p| subject_matches(p, reply_to));
+        let ok = self.is_current_reply(reply_to)
+            || (reserved(reply_to).is_none()
+                && (own(&self.grant.allowed) || own(&self.grant.subscribed)));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "permission denied: component `{}` may not set reply_to `{reply_to}`: a reply subject must be one it may publish to (`allowed_publish`) or subscribes to{}",
+                self.grant.component,
+                reserved(reply_to)
+                    .map(|why| format!("; {why}"))
+                    .unwrap_or_default()
             ))
         }
     }
@@ -100,7 +149,10 @@ impl bindings::wasmcloud::messaging::types::Host for MessagingCtx {}
 
 impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
     async fn publish(&mut self, msg: BrokerMessage) -> Result<(), String> {
-        self.check(&msg.subject)?;
+        self.check_publish(&msg.subject)?;
+        if let Some(reply_to) = &msg.reply_to {
+            self.check_reply_to(reply_to)?;
+        }
         let message = Message {
             subject: msg.subject,
             reply_to: msg.reply_to,
@@ -120,7 +172,7 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
         body: Vec<u8>,
         timeout_ms: u32,
     ) -> Result<BrokerMessage, String> {
-        self.check(&subject)?;
+        self.check_publish(&subject)?;
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         match self
             .grant
@@ -144,5 +196,89 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
             )),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::embedded::EmbeddedBus;
+
+    fn ctx(allowed: &[&str], subscribed: &[&str], reply_to: Option<&str>) -> MessagingCtx {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        MessagingCtx::new(
+            MessagingGrant {
+                bus: Arc::new(EmbeddedBus::new()),
+                allowed: strings(allowed),
+                subscribed: strings(subscribed),
+                component: "a".into(),
+            },
+            reply_to.map(Into::into),
+        )
+    }
+
+    #[test]
+    fn wildcards_never_reach_reserved_namespaces() {
+        let all = ctx(&[">"], &[], None);
+        assert!(all.check_publish("orders.created").is_ok());
+        for subject in [
+            "$JS.API.STREAM.DELETE.x",
+            "$KV.orders.k",
+            "$SYS.REQ.X",
+            "_INBOX.x",
+            "_WEFT.x",
+        ] {
+            let err = all.check_publish(subject).unwrap_err();
+            assert!(err.contains(subject), "{err}");
+        }
+        assert!(
+            ctx(&["*.API.>"], &[], None)
+                .check_publish("$JS.API.INFO")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_reply_subject_being_answered_is_allowed_unless_reserved() {
+        assert!(
+            ctx(&[], &[], Some("_INBOX.r1"))
+                .check_publish("_INBOX.r1")
+                .is_ok()
+        );
+        assert!(
+            ctx(&[], &[], Some("_INBOX.r1"))
+                .check_publish("_INBOX.r2")
+                .is_err()
+        );
+        assert!(
+            ctx(&[], &[], Some("$KV.orders.k"))
+                .check_publish("$KV.orders.k")
+                .is_err()
+        );
+        assert!(ctx(&[], &[], None).check_publish("orders.created").is_err());
+    }
+
+    #[test]
+    fn a_reply_to_must_be_the_components_own() {
+        let c = ctx(&["svc.>"], &["answers.a"], Some("_INBOX.r1"));
+        assert!(c.check_reply_to("svc.replies").is_ok());
+        assert!(c.check_reply_to("answers.a").is_ok());
+        assert!(
+            c.check_reply_to("_INBOX.r1").is_ok(),
+            "forwarding the request it answers"
+        );
+        let err = c.check_reply_to("orders.created").unwrap_err();
+        assert!(err.contains("`orders.created`"), "{err}");
+        let err = c.check_reply_to("$KV.orders.k").unwrap_err();
+        assert!(
+            err.contains("`$KV.orders.k`") && err.contains("broker"),
+            "{err}"
+        );
+        assert!(c.check_reply_to("_INBOX.other").is_err());
+        assert!(
+            ctx(&[">"], &[], None)
+                .check_reply_to("$KV.orders.k")
+                .is_err()
+        );
     }
 }

@@ -12,8 +12,8 @@
 //! | [`wasi`] | all of WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...) | `config` (environment); nothing else: no files, no sockets |
 //! | [`guest_log`] | stdout and stderr of `wasi:cli` | always: each line is logged |
 //! | [`logging`] | `wasi:logging/logging` (0.1.0-draft) | always: each call is one log line at its level |
-//! | [`outbound_http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` |
-//! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` |
+//! | [`outbound_http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` (`scheme://host[:port]`; never the host's own listeners, internal addresses only when named) |
+//! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` (never the reserved `$`, `_INBOX.` and `_WEFT.` namespaces) |
 //! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft) | `buckets` |
 //!
 //! ## Adding a capability
@@ -50,6 +50,8 @@ pub struct Backends {
     pub bus: Arc<dyn MessageBus>,
     /// The key-value store (embedded or NATS).
     pub kv: Arc<dyn KvStore>,
+    /// The host's own listening addresses, which no grant reaches.
+    pub listeners: outbound_http::HostListeners,
 }
 
 /// Everything one deployment is granted, built once from its spec and shared by all of
@@ -77,7 +79,7 @@ impl Grants {
             component: name.into(),
             wasi: wasi::grant(name, spec),
             logging: logging::grant(name),
-            outbound_http: outbound_http::grant(spec),
+            outbound_http: outbound_http::grant(spec, &backends.listeners),
             messaging: messaging::grant(name, spec, backends.bus.clone()),
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),
         }

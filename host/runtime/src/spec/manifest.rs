@@ -247,7 +247,7 @@ name = "shop"
 source = "hello.wasm"
 routes = [{ path = "/hello/...", methods = ["GET"] }]
 config = { greeting = "hi" }
-allowed_outbound_hosts = ["example.com:8080"]
+allowed_outbound_hosts = ["http://example.com:8080"]
 limits = { timeout_ms = 500 }
 build = { command = "make", sources = ["src"] }
 "#,

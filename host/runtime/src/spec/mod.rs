@@ -5,6 +5,7 @@
 //! a [`SpecError`] naming the key it is about.
 
 pub mod manifest;
+pub mod outbound;
 pub mod route;
 pub mod subject;
 
@@ -25,7 +26,8 @@ pub struct ComponentSpec {
     /// Configuration values, readable by the guest as environment variables.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-    /// Hosts (`name` or `name:port`, `*` for any) the guest may call with outgoing HTTP.
+    /// Where the guest may send outgoing HTTP: `scheme://host[:port]` grants, as in Spin
+    /// (see [`outbound`]).
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
     /// Subjects whose messages the component handles.
@@ -215,6 +217,15 @@ impl ComponentSpec {
                     format!("`{}` is not a valid NATS subject", sub.subject),
                 ));
             }
+            if let Some(why) = subject::reserved(&sub.subject) {
+                return Err(SpecError::new(
+                    format!("subscriptions[{i}].subject"),
+                    format!(
+                        "`{}` is reserved and cannot be subscribed to: {why}",
+                        sub.subject
+                    ),
+                ));
+            }
             if sub.max_in_flight == 0 {
                 return Err(SpecError::new(
                     format!("subscriptions[{i}].max_in_flight"),
@@ -238,6 +249,12 @@ impl ComponentSpec {
                     format!("`{subject}` is not a valid NATS subject"),
                 ));
             }
+            if let Some(why) = subject::reserved(subject) {
+                return Err(SpecError::new(
+                    format!("allowed_publish[{i}]"),
+                    format!("`{subject}` is reserved and cannot be granted: {why}"),
+                ));
+            }
         }
         for (i, bucket) in self.buckets.iter().enumerate() {
             if !valid_bucket(bucket) {
@@ -249,13 +266,9 @@ impl ComponentSpec {
                 ));
             }
         }
-        for (i, host) in self.allowed_outbound_hosts.iter().enumerate() {
-            if host.is_empty() || host.contains('/') {
-                return Err(SpecError::new(
-                    format!("allowed_outbound_hosts[{i}]"),
-                    format!("`{host}` is not a host name (expected `name`, `name:port` or `*`)"),
-                ));
-            }
+        for (i, grant) in self.allowed_outbound_hosts.iter().enumerate() {
+            outbound::OutboundGrant::parse(grant)
+                .map_err(|e| SpecError::new(format!("allowed_outbound_hosts[{i}]"), e))?;
         }
         Ok(ValidSpec(self))
     }

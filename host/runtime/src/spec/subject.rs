@@ -1,5 +1,38 @@
 //! NATS subject rules shared by the spec, both bus backends and the test harness:
-//! valid subjects and patterns, and wildcard matching.
+//! valid subjects and patterns, wildcard matching, and the reserved namespaces no grant
+//! reaches.
+
+/// The host's inbox prefix: reply subjects of requests made through the host.
+pub const INBOX_PREFIX: &str = "_INBOX.";
+/// The host's own control subjects (reserved for host-to-host traffic).
+pub const CONTROL_PREFIX: &str = "_WEFT.";
+
+/// Why `subject` (or a pattern starting with the same literal tokens) is out of every
+/// grant's reach, or `None` if it is an ordinary subject. Reserved: every `$` namespace
+/// (the broker's own API: `$JS.` JetStream, `$KV.` key-value buckets, `$O.` object
+/// stores, `$SYS.` the system account), the host's inboxes (`_INBOX.`) and its control
+/// subjects (`_WEFT.`). Wildcards in a grant never match these, and a grant that names
+/// one is refused.
+pub fn reserved(subject: &str) -> Option<&'static str> {
+    let first = subject.split('.').next().unwrap_or_default();
+    if first.starts_with('$') {
+        Some(
+            "`$` subjects are the broker's own API (`$JS.` streams, `$KV.` buckets, `$O.` object stores, `$SYS.` the server)",
+        )
+    } else if first == INBOX_PREFIX.trim_end_matches('.') {
+        Some("`_INBOX.` subjects are reply inboxes of requests in flight")
+    } else if first == CONTROL_PREFIX.trim_end_matches('.') {
+        Some("`_WEFT.` subjects are the host's own control subjects")
+    } else {
+        None
+    }
+}
+
+/// Whether the host or a component may send a reply to `reply_to`: any subject but a
+/// reserved one, except that inboxes are what replies are for.
+pub fn valid_reply_target(reply_to: &str) -> bool {
+    valid_subject(reply_to) && (reply_to.starts_with(INBOX_PREFIX) || reserved(reply_to).is_none())
+}
 
 /// Whether `subject` is a valid subject to publish to (no wildcards, no empty tokens).
 pub fn valid_subject(subject: &str) -> bool {
@@ -58,5 +91,28 @@ mod tests {
         assert!(valid_pattern("shop.>"));
         assert!(valid_pattern("*.orders"));
         assert!(!valid_pattern("shop.>.x"));
+    }
+
+    #[test]
+    fn reserved_namespaces() {
+        for subject in [
+            "$JS.API.STREAM.DELETE.orders",
+            "$KV.orders.k",
+            "$O.files.x",
+            "$SYS.REQ.SERVER.PING",
+            "$G",
+            "_INBOX.abc",
+            "_WEFT.hosts",
+        ] {
+            assert!(reserved(subject).is_some(), "{subject}");
+        }
+        for subject in ["orders.created", "JS.API", "INBOX.x", "x.$KV", "_INBOXES.x"] {
+            assert!(reserved(subject).is_none(), "{subject}");
+        }
+        assert!(valid_reply_target("_INBOX.abc.1"));
+        assert!(valid_reply_target("orders.replies"));
+        assert!(!valid_reply_target("$KV.orders.k"));
+        assert!(!valid_reply_target("$JS.API.STREAM.DELETE.x"));
+        assert!(!valid_reply_target("_WEFT.control"));
     }
 }

@@ -20,6 +20,7 @@ use crate::capabilities::messaging::BrokerMessage;
 use crate::deployment::{DeployError, Deployment, LinkedExport};
 use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
 use crate::spec::ValidSpec;
+use crate::spec::subject::{reserved, valid_reply_target};
 use crate::store_data::StoreData;
 
 mod bindings {
@@ -171,6 +172,11 @@ async fn serve(
 ) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight as usize));
     while let Some(message) = messages.recv().await {
+        // A wildcard subscription (`>`) on NATS also hears the broker's and the host's
+        // own traffic (`$KV.` writes, `_INBOX.` replies): never another component's data.
+        if reserved(&message.subject).is_some() {
+            continue;
+        }
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
@@ -252,7 +258,9 @@ pub async fn handle(
             (error, Outcome::Failed(cause))
         }
     };
-    if let Some(reply_to) = message.reply_to {
+    // Never into a reserved namespace: a forged `reply_to = "$KV.orders.k"` must not
+    // make the host write into bucket `orders`.
+    if let Some(reply_to) = message.reply_to.filter(|r| valid_reply_target(r)) {
         let reply = Message {
             subject: reply_to,
             reply_to: None,
