@@ -55,6 +55,12 @@ impl NatsBus {
             });
         if let Some(token) = &config.token {
             options = options.token(token.clone());
+        } else if let Some((user, password)) = url_credentials(&config.url) {
+            // async-nats does not use credentials written in the URL itself.
+            options = match password {
+                Some(password) => options.user_and_password(user, password),
+                None => options.token(user),
+            };
         }
         if let Some(creds) = &config.creds {
             options = options
@@ -68,6 +74,15 @@ impl NatsBus {
         })?;
         Ok(NatsBus { client, url })
     }
+}
+
+/// The first `user:password@` (or `token@`) written in `urls`.
+fn url_credentials(urls: &str) -> Option<(String, Option<String>)> {
+    urls.split(',').find_map(|url| {
+        let addr: async_nats::ServerAddr = url.trim().parse().ok()?;
+        let user = addr.username()?.to_string();
+        Some((user, addr.password().map(str::to_string)))
+    })
 }
 
 /// `urls` (comma-separated NATS URLs) with any `user:password@` or `token@` replaced by
