@@ -2,7 +2,8 @@
 //!
 //! Messages: the last subject token picks the behaviour.
 //! - `echo`: replies `<INSTANCE>:<body>` (INSTANCE from config, default `-`);
-//! - `fail`: returns a handler error; `trap`: panics;
+//! - `fail`: returns a handler error (the body, or `deliberate handler failure`);
+//!   `trap`: panics;
 //! - `publish`: publishes the body to the subject named by the body's first line,
 //!   with the rest as payload, and replies `ok` or the error;
 //! - `call`: requests the subject named by the body and replies with the answer or error;
@@ -72,7 +73,8 @@ impl MessageGuest for Responder {
         let text = String::from_utf8_lossy(&msg.body).to_string();
         match action.as_str() {
             "echo" => reply(&msg.reply_to, format!("{}:{text}", instance()).into_bytes()),
-            "fail" => Err("deliberate handler failure".to_string()),
+            "fail" if text.is_empty() => Err("deliberate handler failure".to_string()),
+            "fail" => Err(text),
             "trap" => panic!("deliberate trap in a message handler"),
             "publish" => {
                 let (subject, payload) = text.split_once('\n').unwrap_or((&text, ""));

@@ -50,11 +50,11 @@ impl Env {
         deploy(&self.host, name, "responder", spec).await;
     }
 
-    async fn request(&self, subject: &str, body: &str) -> Result<Message, BusError> {
+    async fn request(&self, subject: &str, body: impl Into<String>) -> Result<Message, BusError> {
         self.bus()
             .request(
                 subject.into(),
-                Bytes::from(body.to_string()),
+                Bytes::from(body.into()),
                 Duration::from_secs(5),
             )
             .await
@@ -339,6 +339,20 @@ async fn failures_answer_with_service_errors(env: Env) {
         trapped.service_error(),
         Some("component `r` failed to handle the message")
     );
+    // An error text with line breaks (which NATS headers cannot carry) or of any length
+    // still answers the caller, on one bounded line.
+    let multi_line = env
+        .request("svc.fail", "line one\r\nline two")
+        .await
+        .unwrap();
+    assert_eq!(multi_line.service_error(), Some("line one  line two"));
+    let long = env.request("svc.fail", "x".repeat(100_000)).await.unwrap();
+    let error = long.service_error().unwrap();
+    assert!(
+        error.len() <= weft_runtime::bus::MAX_HEADER_VALUE && error.starts_with("xxx"),
+        "{} bytes",
+        error.len()
+    );
     assert_eq!(
         text(&env.request("svc.echo", "alive").await.unwrap()),
         "-:alive",
@@ -351,7 +365,7 @@ async fn failures_answer_with_service_errors(env: Env) {
         .into_iter()
         .find(|d| d.name == "r")
         .unwrap();
-    assert_eq!((info.requests, info.errors), (3, 1));
+    assert_eq!((info.requests, info.errors), (5, 1));
     env.shutdown().await;
 }
 

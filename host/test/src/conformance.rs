@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weft_runtime::bus::{BusError, Message, MessageBus, SERVICE_ERROR, Subscription};
-use weft_runtime::kv::KvStore;
+use weft_runtime::kv::{KeyPage, KvStore};
 
 /// How long a suite waits for a message that should arrive.
 const ARRIVAL: Duration = Duration::from_secs(5);
@@ -309,6 +309,41 @@ async fn stop_keeps_what_was_received(bus: &dyn MessageBus, prefix: &str) {
     );
 }
 
+/// Paging: each page holds at most `limit` keys, in order, after the given key, and
+/// says whether more follow; paging through visits every key once.
+async fn keys_page_by_page(store: &dyn KvStore, bucket: &str) {
+    let b = bucket.to_string();
+    let mut all: Vec<String> = (0..25).map(|i| format!("key-{i:02}")).collect();
+    all.push("key-10.5".into());
+    all.sort();
+    for key in all.iter().rev() {
+        store
+            .set(b.clone(), key.clone(), Bytes::from("v"))
+            .await
+            .expect("set");
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .keys_after(b.clone(), after.clone(), 7)
+            .await
+            .expect("a page of keys");
+        assert!(page.keys.len() <= 7, "a page holds at most its limit");
+        seen.extend(page.keys.iter().cloned());
+        if !page.more {
+            break;
+        }
+        after = page.keys.last().cloned();
+    }
+    assert_eq!(seen, all, "paging visits every key once, in order");
+    let empty = store
+        .keys_after(format!("{bucket}-none"), None, 7)
+        .await
+        .expect("keys of an empty bucket");
+    assert_eq!(empty, KeyPage::default());
+}
+
 /// Everything a key-value store must do: get, set, delete and sorted keys per bucket,
 /// buckets apart from each other, counters, compare-and-swap, and atomicity of both under
 /// concurrent writers. `bucket` names a bucket the suite may use (and a second one,
@@ -336,7 +371,11 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
         "buckets are apart"
     );
     assert_eq!(
-        store.keys(b.clone()).await.expect("keys"),
+        store
+            .keys_after(b.clone(), None, 10)
+            .await
+            .expect("keys")
+            .keys,
         ["a", "k"],
         "keys, sorted"
     );
@@ -346,7 +385,15 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
         .await
         .expect("deleting an absent key");
     assert_eq!(get(&b, "k").await.expect("get"), None, "deleted");
-    assert_eq!(store.keys(b.clone()).await.expect("keys"), ["a"]);
+    assert_eq!(
+        store
+            .keys_after(b.clone(), None, 10)
+            .await
+            .expect("keys")
+            .keys,
+        ["a"]
+    );
+    keys_page_by_page(store.as_ref(), &format!("{bucket}-pages")).await;
 
     assert_eq!(
         store

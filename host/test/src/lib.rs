@@ -32,7 +32,7 @@ use weft_runtime::compile::CompileCache;
 use weft_runtime::deploy::{Deployer, Deployment};
 use weft_runtime::engine::Engines;
 use weft_runtime::kv::embedded::EmbeddedKv;
-use weft_runtime::kv::{KvError, KvStore};
+use weft_runtime::kv::{KeyPage, KvError, KvStore};
 pub use weft_runtime::spec;
 use weft_runtime::spec::manifest::{ComponentEntry, Manifest};
 use weft_runtime::spec::{SpecError, ValidSpec};
@@ -538,9 +538,14 @@ impl KvStore for World {
         self.kv.delete(bucket, key)
     }
 
-    fn keys(&self, bucket: String) -> BoxFuture<'_, Result<Vec<String>, KvError>> {
-        self.record_kv("keys", &bucket, "");
-        self.kv.keys(bucket)
+    fn keys_after(
+        &self,
+        bucket: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, KvError>> {
+        self.record_kv("keys", &bucket, after.as_deref().unwrap_or_default());
+        self.kv.keys_after(bucket, after, limit)
     }
 
     fn increment(

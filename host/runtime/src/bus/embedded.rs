@@ -141,6 +141,9 @@ impl MessageBus for EmbeddedBus {
             if !valid_subject(&message.subject) {
                 return Err(BusError::InvalidSubject(message.subject));
             }
+            if let Some(reply_to) = message.reply_to.as_ref().filter(|r| !valid_subject(r)) {
+                return Err(BusError::InvalidSubject(reply_to.clone()));
+            }
             // Senders are collected under the lock and used after it: a full
             // subscriber slows the publisher down instead of losing messages.
             for recipient in self.recipients(&message.subject) {

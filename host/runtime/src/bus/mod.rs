@@ -15,6 +15,23 @@ pub const SERVICE_ERROR: &str = "Nats-Service-Error";
 /// Header with the numeric code of a failed request.
 pub const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
+/// Longest header value the host sends, in bytes (longer values are cut).
+pub const MAX_HEADER_VALUE: usize = 1024;
+
+/// `text` as a header value any backend can carry: control characters (line breaks
+/// included, which NATS headers cannot hold) become spaces, and it is cut to
+/// [`MAX_HEADER_VALUE`] bytes at a character boundary.
+pub fn header_value(text: &str) -> String {
+    let mut end = text.len().min(MAX_HEADER_VALUE);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 /// A message on the bus.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {
@@ -94,3 +111,16 @@ pub trait MessageBus: Send + Sync + std::fmt::Debug {
 }
 
 pub use crate::spec::subject::{subject_matches, valid_pattern, valid_subject};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_are_one_bounded_line() {
+        assert_eq!(header_value("a\r\nb\tc"), "a  b c");
+        let long = "é".repeat(MAX_HEADER_VALUE);
+        let cut = header_value(&long);
+        assert!(cut.len() <= MAX_HEADER_VALUE && cut.chars().all(|c| c == 'é'));
+    }
+}

@@ -11,7 +11,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BusError, Message, MessageBus, StopDelivery, Subscription, valid_pattern, valid_subject,
+    BusError, Message, MessageBus, StopDelivery, Subscription, header_value, valid_pattern,
+    valid_subject,
 };
 
 /// How to reach a NATS server.
@@ -135,9 +136,13 @@ impl MessageBus for NatsBus {
             if !valid_subject(&message.subject) {
                 return Err(BusError::InvalidSubject(message.subject));
             }
+            if let Some(reply_to) = message.reply_to.as_ref().filter(|r| !valid_subject(r)) {
+                return Err(BusError::InvalidSubject(reply_to.clone()));
+            }
             let mut headers = async_nats::HeaderMap::new();
+            // A line break in a header value would trip an assertion in async-nats.
             for (name, value) in &message.headers {
-                headers.insert(name.as_str(), value.as_str());
+                headers.insert(name.as_str(), header_value(value).as_str());
             }
             let result = match message.reply_to {
                 Some(reply) => {

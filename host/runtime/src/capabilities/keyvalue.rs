@@ -1,6 +1,12 @@
 //! Host capability `wasi:keyvalue@0.2.0-draft` (`store`, `atomics`, `batch`): a guest may
 //! open only the buckets its manifest entry lists; anything else is `access-denied`.
 //! The data lives in the host's [`KvStore`] backend (`crate::kv`).
+//!
+//! Every call is bounded here, the same on both backends, so no guest can make the host
+//! hold more than it allows: keys of at most [`MAX_KEY_BYTES`], values of at most
+//! `limits.kv_max_value_bytes`, batch calls of at most `limits.kv_max_batch_keys` keys
+//! and `limits.kv_max_batch_bytes` of values, and `list-keys` pages of [`PAGE`] keys
+//! read page by page. Exceeding a bound is an `other` error naming it, never a trap.
 
 use std::sync::Arc;
 
@@ -23,10 +29,19 @@ mod bindings {
 use bindings::wasi::keyvalue::{atomics, batch, store};
 use store::{Error, KeyResponse};
 
+/// Longest key, in bytes: escaped for NATS (up to three bytes each) it stays far below
+/// the 4 KiB protocol line that would make the server drop the connection.
+pub const MAX_KEY_BYTES: usize = 512;
+
+/// Keys per `list-keys` page.
+pub const PAGE: usize = 1000;
+
 /// An open bucket, as the guest holds it.
 #[derive(Debug)]
 pub struct Bucket {
     name: String,
+    /// The cursor last handed out by `list-keys`, and the key its page ended with.
+    cursor: Option<(u64, String)>,
 }
 
 /// What one component may do with key-value: shared by all its instances.
@@ -36,13 +51,65 @@ pub struct KvGrant {
     pub store: Arc<dyn KvStore>,
     /// Buckets it may open.
     pub buckets: Arc<[String]>,
+    /// Largest value, in bytes.
+    pub max_value_bytes: u64,
+    /// Keys per batch call.
+    pub max_batch_keys: u32,
+    /// Bytes of values per batch call.
+    pub max_batch_bytes: u64,
 }
 
-/// The key-value grant of a spec: the host's store, and the spec's `buckets`.
+/// The key-value grant of a spec: the host's store, the spec's `buckets` and its
+/// key-value limits.
 pub fn grant(spec: &ValidSpec, store: Arc<dyn KvStore>) -> KvGrant {
     KvGrant {
         store,
         buckets: spec.buckets.clone().into(),
+        max_value_bytes: spec.limits.kv_max_value_bytes,
+        max_batch_keys: spec.limits.kv_max_batch_keys,
+        max_batch_bytes: spec.limits.kv_max_batch_bytes,
+    }
+}
+
+impl KvGrant {
+    fn check_key(key: &str) -> Result<(), Error> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(Error::Other(format!(
+                "key of {} bytes: a key is 1 to {MAX_KEY_BYTES} bytes",
+                key.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, key: &str, len: usize) -> Result<(), Error> {
+        if len as u64 > self.max_value_bytes {
+            return Err(Error::Other(format!(
+                "value for `{key}` is {len} bytes, over this component's limit of {} (`limits.kv_max_value_bytes`)",
+                self.max_value_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, keys: usize) -> Result<(), Error> {
+        if keys > self.max_batch_keys as usize {
+            return Err(Error::Other(format!(
+                "a batch of {keys} keys is over this component's limit of {} (`limits.kv_max_batch_keys`)",
+                self.max_batch_keys
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_batch_bytes(&self, bytes: u64) -> Result<(), Error> {
+        if bytes > self.max_batch_bytes {
+            return Err(Error::Other(format!(
+                "a batch carrying over {} bytes of values is over this component's limit (`limits.kv_max_batch_bytes`)",
+                self.max_batch_bytes
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -62,7 +129,7 @@ impl<'a> KeyValue<'a> {
         self.table
             .get(bucket)
             .map(|b| b.name.clone())
-            .map_err(|e| Error::Other(e.to_string()))
+            .map_err(table_error)
     }
 }
 
@@ -87,8 +154,9 @@ fn other(e: KvError) -> Error {
     Error::Other(e.0)
 }
 
-/// Keys per `list-keys` page.
-const PAGE: usize = 1000;
+fn table_error(e: wasmtime::component::ResourceTableError) -> Error {
+    Error::Other(e.to_string())
+}
 
 impl store::Host for KeyValue<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, Error> {
@@ -96,7 +164,10 @@ impl store::Host for KeyValue<'_> {
             return Err(Error::AccessDenied);
         }
         self.table
-            .push(Bucket { name: identifier })
+            .push(Bucket {
+                name: identifier,
+                cursor: None,
+            })
             .map_err(|e| Error::Other(e.to_string()))
     }
 }
@@ -107,6 +178,7 @@ impl store::HostBucket for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> Result<Option<Vec<u8>>, Error> {
+        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
         Ok(self
             .grant
@@ -123,6 +195,8 @@ impl store::HostBucket for KeyValue<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), Error> {
+        KvGrant::check_key(&key)?;
+        self.grant.check_value(&key, value.len())?;
         let name = self.bucket(&bucket)?;
         self.grant
             .store
@@ -132,11 +206,13 @@ impl store::HostBucket for KeyValue<'_> {
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), Error> {
+        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
         self.grant.store.delete(name, key).await.map_err(other)
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, Error> {
+        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
         Ok(self
             .grant
@@ -153,13 +229,40 @@ impl store::HostBucket for KeyValue<'_> {
         cursor: Option<u64>,
     ) -> Result<KeyResponse, Error> {
         let name = self.bucket(&bucket)?;
-        let keys = self.grant.store.keys(name).await.map_err(other)?;
-        let start = cursor.unwrap_or(0) as usize;
-        let page: Vec<String> = keys.iter().skip(start).take(PAGE).cloned().collect();
-        let next = start + page.len();
+        // A cursor stands for the last key of the page it came with: the next page starts
+        // after that key, read from the store page by page.
+        let after = match cursor {
+            None => None,
+            Some(cursor) => match &self.table.get(&bucket).map_err(table_error)?.cursor {
+                Some((issued, last)) if *issued == cursor => Some(last.clone()),
+                _ => {
+                    return Err(Error::Other(format!(
+                        "unknown cursor {cursor}: pass the cursor of the previous page from the same bucket handle"
+                    )));
+                }
+            },
+        };
+        let page = self
+            .grant
+            .store
+            .keys_after(name, after, PAGE)
+            .await
+            .map_err(other)?;
+        let open = self.table.get_mut(&bucket).map_err(table_error)?;
+        let cursor = match (page.more, page.keys.last()) {
+            (true, Some(last)) => {
+                let next = open.cursor.as_ref().map_or(1, |(c, _)| c.wrapping_add(1));
+                open.cursor = Some((next, last.clone()));
+                Some(next)
+            }
+            _ => {
+                open.cursor = None;
+                None
+            }
+        };
         Ok(KeyResponse {
-            keys: page,
-            cursor: (next < keys.len()).then_some(next as u64),
+            keys: page.keys,
+            cursor,
         })
     }
 
@@ -176,6 +279,7 @@ impl atomics::Host for KeyValue<'_> {
         key: String,
         delta: u64,
     ) -> Result<u64, Error> {
+        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
         self.grant
             .store
@@ -191,8 +295,13 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
+        self.grant.check_batch(keys.len())?;
+        for key in &keys {
+            KvGrant::check_key(key)?;
+        }
         let name = self.bucket(&bucket)?;
         let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0u64;
         for key in keys {
             let value = self
                 .grant
@@ -200,6 +309,10 @@ impl batch::Host for KeyValue<'_> {
                 .get(name.clone(), key.clone())
                 .await
                 .map_err(other)?;
+            // Stop as soon as the batch is over its bytes: repeated keys of a large value
+            // must not make the host hold them all.
+            bytes += value.as_ref().map_or(0, |v| v.len() as u64);
+            self.grant.check_batch_bytes(bytes)?;
             values.push(value.map(|v| (key, v.to_vec())));
         }
         Ok(values)
@@ -210,6 +323,14 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
+        self.grant.check_batch(key_values.len())?;
+        let mut bytes = 0u64;
+        for (key, value) in &key_values {
+            KvGrant::check_key(key)?;
+            self.grant.check_value(key, value.len())?;
+            bytes += value.len() as u64;
+        }
+        self.grant.check_batch_bytes(bytes)?;
         let name = self.bucket(&bucket)?;
         for (key, value) in key_values {
             self.grant
@@ -226,6 +347,10 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<(), Error> {
+        self.grant.check_batch(keys.len())?;
+        for key in &keys {
+            KvGrant::check_key(key)?;
+        }
         let name = self.bucket(&bucket)?;
         for key in keys {
             self.grant

@@ -12,7 +12,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bus::{BusError, Message, MessageBus, subject_matches};
 use crate::spec::ValidSpec;
-use crate::spec::subject::{reserved, valid_reply_target};
+use crate::spec::subject::{MAX_SUBJECT_BYTES, reserved, valid_reply_target, valid_subject};
 
 /// The host side of `wasmcloud:messaging/{types,consumer}`; the message trigger's
 /// bindings for the `handler` export share its `types`.
@@ -83,6 +83,7 @@ impl MessagingCtx {
     /// being handled, or a subject `allowed_publish` matches that is not reserved (a
     /// wildcard never reaches `$JS.`, `$KV.`, `_INBOX.` and the like).
     fn check_publish(&self, subject: &str) -> Result<(), String> {
+        valid(subject)?;
         if self.is_current_reply(subject) {
             return Ok(());
         }
@@ -111,6 +112,7 @@ impl MessagingCtx {
     /// publish there, so it must be a subject this component may publish to or
     /// subscribes to (or the reply subject it is answering, to forward a request).
     fn check_reply_to(&self, reply_to: &str) -> Result<(), String> {
+        valid(reply_to)?;
         let own = |patterns: &[String]| patterns.iter().any(|p| subject_matches(p, reply_to));
         let ok = self.is_current_reply(reply_to)
             || (reserved(reply_to).is_none()
@@ -127,6 +129,24 @@ impl MessagingCtx {
             ))
         }
     }
+}
+
+/// A subject a guest names must be one the broker takes: checked before anything reaches
+/// the shared connection, which NATS would close over a malformed or oversized line.
+fn valid(subject: &str) -> Result<(), String> {
+    if valid_subject(subject) {
+        return Ok(());
+    }
+    let mut shown = subject.len().min(64);
+    while !subject.is_char_boundary(shown) {
+        shown -= 1;
+    }
+    Err(format!(
+        "invalid subject `{}`{} ({} bytes): a subject is at most {MAX_SUBJECT_BYTES} bytes of non-empty `.`-separated tokens without wildcards, whitespace or control characters",
+        subject[..shown].escape_debug(),
+        if shown < subject.len() { "..." } else { "" },
+        subject.len()
+    ))
 }
 
 struct Messaging;

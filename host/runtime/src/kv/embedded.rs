@@ -9,7 +9,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{KvError, KvStore, add_counter, parse_counter};
+use std::ops::Bound;
+
+use super::{KeyPage, KvError, KvStore, add_counter, parse_counter};
 
 /// A redb-backed store.
 #[derive(Debug, Clone)]
@@ -106,19 +108,31 @@ impl KvStore for EmbeddedKv {
         })
     }
 
-    fn keys(&self, bucket: String) -> BoxFuture<'_, Result<Vec<String>, KvError>> {
+    fn keys_after(
+        &self,
+        bucket: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, KvError>> {
         self.run(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = match txn.open_table(table(&bucket)) {
                 Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(KeyPage::default()),
                 Err(e) => return Err(err(e)),
             };
+            let range = match &after {
+                Some(after) => t.range::<&str>((Bound::Excluded(after.as_str()), Bound::Unbounded)),
+                None => t.range::<&str>(..),
+            };
             let mut keys = Vec::new();
-            for entry in t.iter().map_err(err)? {
+            for entry in range.map_err(err)? {
+                if keys.len() == limit {
+                    return Ok(KeyPage { keys, more: true });
+                }
                 keys.push(entry.map_err(err)?.0.value().to_string());
             }
-            Ok(keys)
+            Ok(KeyPage { keys, more: false })
         })
     }
 

@@ -20,6 +20,15 @@ impl KvError {
     }
 }
 
+/// One page of a bucket's keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    /// The keys, sorted.
+    pub keys: Vec<String>,
+    /// Whether keys after the last one follow.
+    pub more: bool,
+}
+
 /// A key-value backend. Both backends pass the same conformance tests.
 pub trait KvStore: Send + Sync + std::fmt::Debug {
     /// The value of `key`, if any.
@@ -28,8 +37,15 @@ pub trait KvStore: Send + Sync + std::fmt::Debug {
     fn set(&self, bucket: String, key: String, value: Bytes) -> BoxFuture<'_, Result<(), KvError>>;
     /// Removes `key` (no error if absent).
     fn delete(&self, bucket: String, key: String) -> BoxFuture<'_, Result<(), KvError>>;
-    /// All keys of the bucket, sorted.
-    fn keys(&self, bucket: String) -> BoxFuture<'_, Result<Vec<String>, KvError>>;
+    /// Up to `limit` keys of the bucket that sort after `after` (from the first if
+    /// `None`), in order, and whether more follow. Never holds more than a page of keys,
+    /// however large the bucket.
+    fn keys_after(
+        &self,
+        bucket: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, KvError>>;
     /// Atomically adds `delta` to the decimal number stored at `key` (absent: 0) and
     /// returns the new value.
     fn increment(

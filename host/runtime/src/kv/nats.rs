@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 
-use super::{KvError, KvStore, add_counter, parse_counter};
+use super::{KeyPage, KvError, KvStore, add_counter, parse_counter};
 
 /// Attempts at an optimistic update before giving up under contention.
 const MAX_ATTEMPTS: usize = 100;
@@ -164,19 +164,32 @@ impl KvStore for NatsKv {
         .boxed()
     }
 
-    fn keys(&self, bucket: String) -> BoxFuture<'_, Result<Vec<String>, KvError>> {
+    fn keys_after(
+        &self,
+        bucket: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, KvError>> {
         async move {
             let store = self.bucket(&bucket).await?;
-            let keys: Vec<String> = store
-                .keys()
-                .await
-                .map_err(err)?
-                .try_collect()
-                .await
-                .map_err(err)?;
-            let mut keys: Vec<String> = keys.iter().map(|k| decode_key(k)).collect();
-            keys.sort();
-            Ok(keys)
+            // JetStream lists keys unsorted: keep the `limit + 1` smallest after `after`
+            // in a bounded heap while they stream past.
+            let mut smallest = std::collections::BinaryHeap::with_capacity(limit + 1);
+            let mut keys = store.keys().await.map_err(err)?;
+            while let Some(key) = keys.try_next().await.map_err(err)? {
+                let key = decode_key(&key);
+                if after.as_ref().is_some_and(|after| key <= *after) {
+                    continue;
+                }
+                smallest.push(key);
+                if smallest.len() > limit + 1 {
+                    smallest.pop();
+                }
+            }
+            let mut keys = smallest.into_sorted_vec();
+            let more = keys.len() > limit;
+            keys.truncate(limit);
+            Ok(KeyPage { keys, more })
         }
         .boxed()
     }

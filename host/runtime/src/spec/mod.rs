@@ -91,6 +91,13 @@ pub struct Limits {
     /// request it completed, never by two requests at once, and never after a trap or
     /// a missed deadline. Guest globals then survive from one request to the next.
     pub requests_per_instance: u32,
+    /// Largest value the guest may store in a key-value bucket, in bytes (larger: an
+    /// error). The default is NATS's default message size.
+    pub kv_max_value_bytes: u64,
+    /// Keys one key-value batch call (`get-many`, `set-many`, `delete-many`) may name.
+    pub kv_max_batch_keys: u32,
+    /// Bytes of values one `get-many` or `set-many` may carry.
+    pub kv_max_batch_bytes: u64,
 }
 
 impl Default for Limits {
@@ -101,6 +108,9 @@ impl Default for Limits {
             max_concurrency: 256,
             max_body_bytes: 10 * 1024 * 1024,
             requests_per_instance: 1,
+            kv_max_value_bytes: 1024 * 1024,
+            kv_max_batch_keys: 1000,
+            kv_max_batch_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -181,6 +191,15 @@ impl ComponentSpec {
                 "limits.max_concurrency",
                 "must be at least 1",
             ));
+        }
+        for (key, value) in [
+            ("limits.kv_max_value_bytes", l.kv_max_value_bytes),
+            ("limits.kv_max_batch_keys", u64::from(l.kv_max_batch_keys)),
+            ("limits.kv_max_batch_bytes", l.kv_max_batch_bytes),
+        ] {
+            if value == 0 {
+                return Err(SpecError::new(key, "must be at least 1"));
+            }
         }
         if l.requests_per_instance == 0 {
             return Err(SpecError::new(

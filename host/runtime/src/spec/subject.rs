@@ -34,22 +34,35 @@ pub fn valid_reply_target(reply_to: &str) -> bool {
     valid_subject(reply_to) && (reply_to.starts_with(INBOX_PREFIX) || reserved(reply_to).is_none())
 }
 
-/// Whether `subject` is a valid subject to publish to (no wildcards, no empty tokens).
-pub fn valid_subject(subject: &str) -> bool {
-    !subject.is_empty()
-        && subject
-            .split('.')
-            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(' '))
+/// Longest subject (or pattern) in bytes. NATS closes a connection whose control line
+/// (`PUB subject reply size`) passes 4 KiB; a subject and a reply subject of this size
+/// stay well under it.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// Whether a token is usable: not empty, no whitespace or control characters (which end
+/// a NATS protocol line).
+fn valid_token(token: &str) -> bool {
+    !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Whether `pattern` is a valid subscription subject (`*` tokens, a final `>`).
+/// Whether `subject` is a valid subject to publish to: at most [`MAX_SUBJECT_BYTES`],
+/// no wildcards, no empty tokens, no whitespace or control characters.
+pub fn valid_subject(subject: &str) -> bool {
+    subject.len() <= MAX_SUBJECT_BYTES
+        && subject
+            .split('.')
+            .all(|t| valid_token(t) && t != "*" && t != ">")
+}
+
+/// Whether `pattern` is a valid subscription subject (`*` tokens, a final `>`), under the
+/// same rules as [`valid_subject`] otherwise.
 pub fn valid_pattern(pattern: &str) -> bool {
     let tokens: Vec<&str> = pattern.split('.').collect();
-    !pattern.is_empty()
+    pattern.len() <= MAX_SUBJECT_BYTES
         && tokens
             .iter()
             .enumerate()
-            .all(|(i, t)| !t.is_empty() && !t.contains(' ') && (*t != ">" || i == tokens.len() - 1))
+            .all(|(i, t)| valid_token(t) && (*t != ">" || i == tokens.len() - 1))
 }
 
 /// NATS subject matching: `*` matches one token, a final `>` one or more.
@@ -91,6 +104,14 @@ mod tests {
         assert!(valid_pattern("shop.>"));
         assert!(valid_pattern("*.orders"));
         assert!(!valid_pattern("shop.>.x"));
+        assert!(!valid_subject("a\r\nPUB x 1"));
+        assert!(!valid_subject("a\tb"));
+        assert!(valid_subject(&"a".repeat(MAX_SUBJECT_BYTES)));
+        assert!(!valid_subject(&"a".repeat(MAX_SUBJECT_BYTES + 1)));
+        assert!(!valid_pattern(&format!(
+            "{}.>",
+            "a".repeat(MAX_SUBJECT_BYTES)
+        )));
     }
 
     #[test]

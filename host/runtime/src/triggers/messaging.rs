@@ -14,7 +14,9 @@ use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
 use super::{Attachment, Trigger};
-use crate::bus::{Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery};
+use crate::bus::{
+    Message, MessageBus, SERVICE_ERROR, SERVICE_ERROR_CODE, StopDelivery, header_value,
+};
 use crate::call::{Call, Invoke};
 use crate::capabilities::messaging::BrokerMessage;
 use crate::deployment::{DeployError, Deployment, LinkedExport};
@@ -265,7 +267,7 @@ pub async fn handle(
             subject: reply_to,
             reply_to: None,
             headers: vec![
-                (SERVICE_ERROR.into(), error),
+                (SERVICE_ERROR.into(), header_value(&error)),
                 (SERVICE_ERROR_CODE.into(), "500".into()),
             ],
             body: Default::default(),
