@@ -18,7 +18,11 @@
 //! Logging: `POST /log/<level>` logs the body through `wasi:logging` (204).
 //!
 //! Key-value: `GET|PUT|DELETE /kv/<bucket>/<key>`, `POST /kv/<bucket>/<key>/incr` (by 1),
-//! `GET /kv/<bucket>` (the keys, one a line). A refused `open` answers 403.
+//! `GET /kv/<bucket>` (every key, one a line, read page by page),
+//! `POST /kv/<bucket>/<key>/many` (`get-many` of the key repeated as often as the body
+//! says; answers `<n> values, <bytes> bytes`), `POST /kv/<bucket>/<prefix>/fill` (sets
+//! as many keys `<prefix>-00000`, ... as the body says, with `set-many` in batches of
+//! 500). A refused `open` answers 403; a failed call 500 with the error.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -156,7 +160,7 @@ fn log(level: &str, body: &[u8]) -> (u16, Vec<u8>) {
 }
 
 fn kv(method: &weft_sdk::wasi::http::types::Method, path: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
-    use wasi::keyvalue::{atomics, store};
+    use wasi::keyvalue::{atomics, batch, store};
     use weft_sdk::wasi::http::types::Method;
     let mut parts = path.splitn(3, '/');
     let (bucket_name, key, action) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
@@ -171,17 +175,9 @@ fn kv(method: &weft_sdk::wasi::http::types::Method, path: &str, body: Vec<u8>) -
         Err(e) => return (500, format!("{e:?}").into_bytes()),
     };
     let outcome = match (method, key, action) {
-        (Method::Get, None, _) => bucket.list_keys(None).map(|r| {
-            (
-                200,
-                r.keys
-                    .join(
-                        "
-",
-                    )
-                    .into_bytes(),
-            )
-        }),
+        (Method::Get, None, _) => {
+            list_all_keys(&bucket).map(|keys| (200, keys.join("\n").into_bytes()))
+        }
         (Method::Get, Some(key), None) => bucket.get(key).map(|v| match v {
             Some(v) => (200, v),
             None => (404, b"no such key".to_vec()),
@@ -191,9 +187,51 @@ fn kv(method: &weft_sdk::wasi::http::types::Method, path: &str, body: Vec<u8>) -
         (Method::Post, Some(key), Some("incr")) => {
             atomics::increment(&bucket, key, 1).map(|n| (200, n.to_string().into_bytes()))
         }
+        (Method::Post, Some(key), Some("many")) => {
+            let n = String::from_utf8_lossy(&body).trim().parse().unwrap_or(1);
+            let keys = vec![key.to_string(); n];
+            batch::get_many(&bucket, &keys).map(|values| {
+                let bytes: usize = values.iter().flatten().map(|(_, v)| v.len()).sum();
+                (
+                    200,
+                    format!("{} values, {bytes} bytes", values.len()).into_bytes(),
+                )
+            })
+        }
+        (Method::Post, Some(prefix), Some("fill")) => {
+            let n: usize = String::from_utf8_lossy(&body).trim().parse().unwrap_or(0);
+            let mut outcome = Ok((204, vec![]));
+            for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+                let pairs: Vec<(String, Vec<u8>)> = chunk
+                    .iter()
+                    .map(|i| (format!("{prefix}-{i:05}"), b"v".to_vec()))
+                    .collect();
+                if let Err(e) = batch::set_many(&bucket, &pairs) {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            outcome
+        }
         _ => Ok((405, b"unsupported".to_vec())),
     };
     outcome.unwrap_or_else(|e| (500, format!("{e:?}").into_bytes()))
+}
+
+/// Every key of `bucket`, page by page.
+fn list_all_keys(
+    bucket: &wasi::keyvalue::store::Bucket,
+) -> Result<Vec<String>, wasi::keyvalue::store::Error> {
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = bucket.list_keys(cursor)?;
+        keys.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(keys),
+        }
+    }
 }
 
 export!(Responder);

@@ -72,7 +72,70 @@ conformance!(
     increments_are_atomic_under_contention,
     compare_and_swap_is_atomic_under_contention,
     data_survives_a_host_restart,
+    every_call_is_bounded_and_keys_are_read_page_by_page,
 );
+
+async fn every_call_is_bounded_and_keys_are_read_page_by_page(env: Env) {
+    use reqwest::Method;
+    deploy_kv(&env.host, "kv", &["notes", "pages"]).await;
+    let host = &env.host;
+    let limits = weft_runtime::spec::Limits::default();
+
+    // A value over `kv_max_value_bytes` is an error, not a trap, and is not stored.
+    let big = "v".repeat(limits.kv_max_value_bytes as usize + 1);
+    let (status, error) = kv(host, Method::PUT, "notes/big", &big).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(error.contains("limits.kv_max_value_bytes"), "{error}");
+    assert_eq!(
+        kv(host, Method::GET, "notes/big", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // get-many of one large value, repeated: the host stops at `kv_max_batch_bytes`
+    // instead of loading every copy.
+    let half = "h".repeat(512 * 1024);
+    assert_eq!(
+        kv(host, Method::PUT, "notes/half", &half).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, error) = kv(host, Method::POST, "notes/half/many", "1000").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(error.contains("limits.kv_max_batch_bytes"), "{error}");
+    assert_eq!(
+        kv(host, Method::POST, "notes/half/many", "4").await,
+        (
+            StatusCode::OK,
+            format!("4 values, {} bytes", 4 * half.len())
+        )
+    );
+    let too_many = (limits.kv_max_batch_keys + 1).to_string();
+    let (status, error) = kv(host, Method::POST, "notes/small/many", &too_many).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(error.contains("limits.kv_max_batch_keys"), "{error}");
+
+    // A key escaping would make longer than a NATS protocol line: refused before it
+    // reaches the shared connection, which keeps serving every component.
+    let long_key = "~".repeat(2000);
+    let (status, error) = kv(host, Method::PUT, &format!("notes/{long_key}"), "x").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(error.contains("a key is 1 to 512 bytes"), "{error}");
+    assert_eq!(
+        kv(host, Method::GET, "notes/half", "").await,
+        (StatusCode::OK, half.clone())
+    );
+
+    // 2,500 keys come back over three pages, each read from the store on its own.
+    assert_eq!(
+        kv(host, Method::POST, "pages/k/fill", "2500").await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, listing) = kv(host, Method::GET, "pages", "").await;
+    assert_eq!(status, StatusCode::OK);
+    let keys: Vec<&str> = listing.lines().collect();
+    let expected: Vec<String> = (0..2500).map(|i| format!("k-{i:05}")).collect();
+    assert_eq!(keys, expected);
+    env.host.shutdown().await;
+}
 
 async fn set_get_list_delete(env: Env) {
     deploy_kv(&env.host, "kv", &["orders"]).await;

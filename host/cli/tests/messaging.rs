@@ -97,7 +97,32 @@ conformance!(
     reuse_keeps_instances_for_messages_but_never_after_a_trap,
     forged_reply_subjects_are_refused,
     reserved_namespaces_are_out_of_every_grant,
+    malformed_subjects_never_reach_the_shared_connection,
 );
+
+async fn malformed_subjects_never_reach_the_shared_connection(env: Env) {
+    env.deploy("wide", bridge(&[">"])).await;
+    env.deploy("r", subscriber("svc.echo")).await;
+    let client = reqwest::Client::new();
+    // Over NATS's 4 KiB control line, the server would close the host's connection and
+    // every component would lose messaging until it reconnected.
+    let long = format!("events.{}", "x".repeat(5000));
+    let refused = client
+        .post(url(&env.host, &format!("/publish/{long}")))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let error = refused.text().await.unwrap();
+    assert!(error.starts_with("invalid subject `events.xxx"), "{error}");
+    // The connection never saw it: a request right after is answered.
+    assert_eq!(
+        text(&env.request("svc.echo", "still").await.unwrap()),
+        "-:still"
+    );
+    env.shutdown().await;
+}
 
 /// A responder serving the HTTP bridge on every path, publishing on `allowed`.
 fn bridge(allowed: &[&str]) -> ComponentSpec {

@@ -301,4 +301,19 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[test]
+    fn malformed_and_oversized_subjects_never_reach_the_bus() {
+        let all = ctx(&[">"], &[], None);
+        let long = format!("a.{}", "b".repeat(5000));
+        let err = all.check_publish(&long).unwrap_err();
+        assert!(
+            err.starts_with("invalid subject `a.bbb") && err.contains("5002 bytes"),
+            "{err}"
+        );
+        assert!(err.len() < 400, "the error does not echo the whole subject");
+        assert!(all.check_publish("a\r\nPUB x 1").is_err());
+        let own = ctx(&["replies.>"], &[], None);
+        assert!(own.check_reply_to("replies.a\r\nPUB $KV.x.y 1").is_err());
+    }
 }
