@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -25,6 +24,7 @@ use crate::engine::Engines;
 use crate::kv::KvStore;
 use crate::kv::embedded::EmbeddedKv;
 use crate::kv::nats::NatsKv;
+use crate::listener::{self, ConnectionLimits};
 
 /// How to start a host.
 #[derive(Debug, Clone)]
@@ -56,6 +56,10 @@ pub struct HostConfig {
     pub baseline_compiler: bool,
     /// How long a kept or spare instance may stay idle before it is dropped.
     pub idle_instance_ttl: Duration,
+    /// Bounds of the HTTP listener's connections.
+    pub http_connections: ConnectionLimits,
+    /// Bounds of the admin listener's connections.
+    pub admin_connections: ConnectionLimits,
 }
 
 impl Default for HostConfig {
@@ -73,6 +77,8 @@ impl Default for HostConfig {
             data_dir: default_data_dir(),
             baseline_compiler: true,
             idle_instance_ttl: crate::instance::IDLE_INSTANCE_TTL,
+            http_connections: ConnectionLimits::HTTP,
+            admin_connections: ConnectionLimits::ADMIN,
         }
     }
 }
@@ -145,8 +151,13 @@ impl Host {
             config.idle_instance_ttl,
         ));
         let servers = vec![
-            serve(http, http_trigger.app(), stopped.clone()),
-            serve(
+            listener::serve(
+                http,
+                http_trigger.app(),
+                config.http_connections,
+                stopped.clone(),
+            ),
+            listener::serve(
                 admin,
                 crate::admin::app(
                     deployments.clone(),
@@ -157,6 +168,7 @@ impl Host {
                         origins: config.admin_origins,
                     },
                 ),
+                config.admin_connections,
                 stopped,
             ),
         ];
@@ -217,32 +229,6 @@ async fn expire_idle_instances(deployments: std::sync::Weak<LiveSet>, ttl: Durat
             tracing::debug!("dropped {expired} idle instances");
         }
     }
-}
-
-fn serve(
-    listener: TcpListener,
-    app: axum::Router,
-    mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
-        // Responses go out in several writes (head, body chunks from the guest): without
-        // TCP_NODELAY, Nagle's algorithm meets the client's delayed ACK and a 16 KiB
-        // response waits 40 ms.
-        let listener = listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
-            }
-        });
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!("server stopped: {e}");
-        }
-    })
 }
 
 /// `$XDG_DATA_HOME/weft` or `~/.local/share/weft` (`.weft` if neither is known).

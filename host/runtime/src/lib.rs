@@ -14,7 +14,8 @@
 //!   a message in [`triggers::messaging`].
 //! - [`deploy`], [`engine`], [`compile`]: checking, compiling, linking and swapping in
 //!   versions.
-//! - [`host`] (the running host) and [`admin`] (its API).
+//! - [`host`] (the running host), [`listener`] (where a connection enters, bounded
+//!   against slow clients) and [`admin`] (its API).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -31,6 +32,7 @@ pub mod failure;
 pub mod host;
 pub mod instance;
 pub mod kv;
+pub mod listener;
 pub mod spec;
 pub mod store_data;
 pub mod triggers;
