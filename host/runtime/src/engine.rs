@@ -40,6 +40,8 @@ pub struct Engines {
     pub optimized: TierEngine,
     /// Winch: what a component not found in the cache starts on.
     pub baseline: Option<TierEngine>,
+    /// Instances that may run at once across all components (each engine's pool).
+    pub max_instances: u32,
 }
 
 impl Engines {
@@ -73,6 +75,7 @@ impl Engines {
         Ok(Engines {
             optimized,
             baseline,
+            max_instances,
         })
     }
 }

@@ -15,6 +15,14 @@ pub fn is_deadline(error: &anyhow::Error) -> bool {
     matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt))
 }
 
+/// Whether `error` is the host being out of instance slots (its pooling allocator is
+/// full): an overload of the host, not a failure of the component.
+pub fn is_host_full(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>())
+}
+
 /// An instance failure on one line: wasmtime's messages carry the guest backtrace on
 /// several lines. A missed deadline says so plainly.
 pub fn one_line(error: &anyhow::Error) -> String {
@@ -40,10 +48,17 @@ pub fn with_guest_stderr(data: &StoreData, error: anyhow::Error) -> anyhow::Erro
 }
 
 /// Counts a failed call of `deployment` and logs its one line: component, version and
-/// cause.
+/// cause. A host out of instance slots is not the component's error: it is logged as
+/// the overload it is, and not counted.
 pub fn log(deployment: &Deployment, error: &anyhow::Error) {
-    deployment.errors.fetch_add(1, Ordering::Relaxed);
     let (name, version) = (&deployment.name, &deployment.version);
+    if is_host_full(error) {
+        tracing::warn!(
+            "component {name} {version}: no free instance slot on this host (HostConfig::max_instances): answered as overloaded"
+        );
+        return;
+    }
+    deployment.errors.fetch_add(1, Ordering::Relaxed);
     if is_deadline(error) {
         let ms = deployment.spec.limits.timeout_ms;
         tracing::warn!(

@@ -61,6 +61,24 @@ impl LiveSet {
         self.live.load_full()
     }
 
+    /// Says loudly when the live components together may run more instances than the
+    /// host has slots: then a burst answers 503 (`the host is running as many instances
+    /// as it may`) before any component reaches its own `max_concurrency`.
+    fn warn_if_oversubscribed(&self) {
+        let slots = u64::from(self.deployer.engines.max_instances);
+        let wanted: u64 = self
+            .snapshot()
+            .by_name
+            .values()
+            .map(|d| u64::from(d.spec.limits.max_concurrency))
+            .sum();
+        if wanted > slots {
+            tracing::warn!(
+                "the live components may run {wanted} instances at once (the sum of their max_concurrency), but this host has {slots} instance slots (HostConfig::max_instances): under load, requests beyond the slots are answered 503"
+            );
+        }
+    }
+
     /// Deploys `wasm` as `name`, replacing any earlier version once the new one is ready.
     /// Requests in flight finish on the version they started on.
     /// `spec` is validated here if it is not a [`ValidSpec`] yet.
@@ -101,6 +119,7 @@ impl LiveSet {
         let deployment = Arc::new(deployment);
         self.install(&deployment, None).await?;
         tracing::info!(component = name, version = %deployment.version, compiled = ?deployment.compiled, tier = ?deployment.tier, "deployed");
+        self.warn_if_oversubscribed();
         if deployment.tier == Tier::Baseline {
             tokio::spawn(self.clone().tier_up(deployment.clone(), wasm));
         }

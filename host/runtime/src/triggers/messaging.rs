@@ -240,6 +240,7 @@ pub async fn handle(
         body: message.body.to_vec(),
         reply_to: message.reply_to.clone(),
     };
+    let mut code = "500";
     let (error, result) = match call.run(HandleMessage(guest_message)).await {
         Ok(Ok(())) => return Outcome::Handled,
         Ok(Err(handler_error)) => {
@@ -250,6 +251,11 @@ pub async fn handle(
                 message.subject
             );
             (handler_error.clone(), Outcome::HandlerError(handler_error))
+        }
+        Err(failure) if crate::failure::is_host_full(&failure.error) => {
+            code = "503";
+            let error = "the host is running as many instances as it may, retry later";
+            (error.to_string(), Outcome::Failed(error.to_string()))
         }
         Err(failure) => {
             let cause = crate::failure::one_line(&failure.error);
@@ -268,7 +274,7 @@ pub async fn handle(
             reply_to: None,
             headers: vec![
                 (SERVICE_ERROR.into(), header_value(&error)),
-                (SERVICE_ERROR_CODE.into(), "500".into()),
+                (SERVICE_ERROR_CODE.into(), code.into()),
             ],
             body: Default::default(),
         };

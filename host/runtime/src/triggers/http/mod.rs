@@ -140,6 +140,8 @@ pub enum HttpError {
     PayloadTooLarge { limit: u64 },
     /// All of the component's instances are busy.
     Overloaded { component: String },
+    /// The host has no free instance slot for any component.
+    HostFull,
     /// The component did not answer within its deadline.
     Deadline { component: String },
     /// The component trapped or failed before answering. The cause is logged, and
@@ -168,6 +170,10 @@ impl IntoResponse for HttpError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("component `{component}` is at its concurrency limit, retry later"),
             ),
+            HttpError::HostFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the host is running as many instances as it may, retry later".to_string(),
+            ),
             HttpError::Deadline { component } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("component `{component}` did not answer in time"),
@@ -180,7 +186,7 @@ impl IntoResponse for HttpError {
         };
         let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
         match self {
-            HttpError::Overloaded { .. } => {
+            HttpError::Overloaded { .. } | HttpError::HostFull => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -412,7 +418,9 @@ enum Instance {
 /// What the client is told about a failed instance.
 fn classify(deployment: &Deployment, error: &anyhow::Error) -> HttpError {
     let component = deployment.name.clone();
-    if crate::failure::is_deadline(error) {
+    if crate::failure::is_host_full(error) {
+        HttpError::HostFull
+    } else if crate::failure::is_deadline(error) {
         HttpError::Deadline { component }
     } else {
         HttpError::GuestFailed {
