@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -26,10 +26,62 @@ pub struct StoreData {
     outbound_http: OutboundPolicy,
     messaging: MessagingCtx,
     keyvalue: KvGrant,
-    limits: StoreLimits,
+    limits: InstanceLimits,
     stderr: Tail,
     /// When the current call must end; read by the epoch callback.
     deadline: Instant,
+}
+
+/// Table elements one instance may hold across all of its tables.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The memory and table bounds of one instance. `memory_mb` caps all of its linear
+/// memories together: a component may have several (each core module can bring its
+/// own), and a cap per memory would give it that many times the limit.
+#[derive(Debug)]
+pub struct InstanceLimits {
+    memory_left: usize,
+    table_elements_left: usize,
+}
+
+impl InstanceLimits {
+    /// Bounds of `memory_bytes` of linear memory in all, and [`MAX_TABLE_ELEMENTS`].
+    pub fn new(memory_bytes: usize) -> InstanceLimits {
+        InstanceLimits {
+            memory_left: memory_bytes,
+            table_elements_left: MAX_TABLE_ELEMENTS,
+        }
+    }
+}
+
+impl ResourceLimiter for InstanceLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        if growth > self.memory_left {
+            return Ok(false);
+        }
+        self.memory_left -= growth;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        if growth > self.table_elements_left {
+            return Ok(false);
+        }
+        self.table_elements_left -= growth;
+        Ok(true)
+    }
 }
 
 /// What one call asks of the instance that serves it.
@@ -53,7 +105,7 @@ impl StoreData {
             outbound_http: grants.outbound_http.clone(),
             messaging: MessagingCtx::new(grants.messaging.clone(), call.reply_to),
             keyvalue: grants.keyvalue.clone(),
-            limits: StoreLimitsBuilder::new().memory_size(memory_bytes).build(),
+            limits: InstanceLimits::new(memory_bytes),
             stderr,
             deadline: call.deadline,
         }
@@ -139,4 +191,44 @@ pub fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
     capabilities::messaging::add_to_linker(linker, StoreData::messaging)?;
     capabilities::keyvalue::add_to_linker(linker, StoreData::keyvalue)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core module with two linear memories of `pages` 64 KiB pages each.
+    fn two_memories(pages: u64) -> Vec<u8> {
+        let mut memories = wasm_encoder::MemorySection::new();
+        for _ in 0..2 {
+            memories.memory(wasm_encoder::MemoryType {
+                minimum: pages,
+                maximum: None,
+                memory64: false,
+                shared: false,
+                page_size_log2: None,
+            });
+        }
+        let mut module = wasm_encoder::Module::new();
+        module.section(&memories);
+        module.finish()
+    }
+
+    fn instantiate(limit: usize, pages: u64) -> wasmtime::Result<()> {
+        let engine = Engine::default();
+        let module = wasmtime::Module::new(&engine, two_memories(pages))?;
+        let mut store = Store::new(&engine, InstanceLimits::new(limit));
+        store.limiter(|limits| limits);
+        wasmtime::Instance::new(&mut store, &module, &[]).map(|_| ())
+    }
+
+    #[test]
+    fn the_memory_cap_covers_all_memories_together() {
+        // Two memories of 640 KiB each: 1.25 MiB in all.
+        assert!(
+            instantiate(1 << 20, 10).is_err(),
+            "over a 1 MiB cap together"
+        );
+        assert!(instantiate(2 << 20, 10).is_ok(), "within a 2 MiB cap");
+    }
 }
