@@ -187,3 +187,53 @@ async fn a_full_host_answers_503_and_does_not_blame_the_component() {
     assert_eq!(info.errors, 0, "a full host is not the component's error");
     host.shutdown().await;
 }
+
+#[tokio::test]
+async fn outgoing_requests_are_capped_per_component() {
+    // A service that takes 500 ms to answer.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let spec = ComponentSpec {
+        allowed_outbound_hosts: vec![format!("http://{target}")],
+        limits: Limits {
+            max_outbound_requests: 1,
+            ..Limits::default()
+        },
+        ..routes(&["/f/..."])
+    };
+    deploy(&host, "f", "faults", spec).await;
+    let fetch = || async {
+        reqwest::get(url(&host, &format!("/f/fetch?url=http://{target}/")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let (a, b) = tokio::join!(fetch(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fetch().await
+    });
+    assert_eq!(
+        (a.as_str(), b.as_str()),
+        ("status: 200", "error: ErrorCode::ConnectionLimitReached")
+    );
+    assert_eq!(fetch().await, "status: 200", "the slot is free again");
+    host.shutdown().await;
+}

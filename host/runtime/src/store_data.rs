@@ -102,7 +102,7 @@ impl StoreData {
             wasi: grants.wasi.ctx(stderr.clone()),
             http: WasiHttpCtx::new(),
             logging: grants.logging.clone(),
-            outbound_http: grants.outbound_http.clone(),
+            outbound_http: grants.outbound_http.for_instance(),
             messaging: MessagingCtx::new(grants.messaging.clone(), call.reply_to),
             keyvalue: grants.keyvalue.clone(),
             limits: InstanceLimits::new(memory_bytes),

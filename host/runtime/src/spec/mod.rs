@@ -98,6 +98,9 @@ pub struct Limits {
     pub kv_max_batch_keys: u32,
     /// Bytes of values one `get-many` or `set-many` may carry.
     pub kv_max_batch_bytes: u64,
+    /// Outgoing HTTP requests the component's instances may have open at once (each
+    /// instance also at most 16); more fail with `connection-limit-reached`.
+    pub max_outbound_requests: u32,
 }
 
 impl Default for Limits {
@@ -111,6 +114,7 @@ impl Default for Limits {
             kv_max_value_bytes: 1024 * 1024,
             kv_max_batch_keys: 1000,
             kv_max_batch_bytes: 16 * 1024 * 1024,
+            max_outbound_requests: 64,
         }
     }
 }
@@ -196,6 +200,10 @@ impl ComponentSpec {
             ("limits.kv_max_value_bytes", l.kv_max_value_bytes),
             ("limits.kv_max_batch_keys", u64::from(l.kv_max_batch_keys)),
             ("limits.kv_max_batch_bytes", l.kv_max_batch_bytes),
+            (
+                "limits.max_outbound_requests",
+                u64::from(l.max_outbound_requests),
+            ),
         ] {
             if value == 0 {
                 return Err(SpecError::new(key, "must be at least 1"));

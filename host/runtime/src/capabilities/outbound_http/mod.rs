@@ -18,6 +18,7 @@ mod send;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView};
 
@@ -28,6 +29,8 @@ use crate::spec::outbound::{Destination, OutboundGrant, Scheme};
 /// `listeners`.
 pub fn grant(spec: &ValidSpec, listeners: &HostListeners) -> OutboundPolicy {
     OutboundPolicy {
+        component_slots: Arc::new(Semaphore::new(spec.limits.max_outbound_requests as usize)),
+        instance_slots: Arc::new(Semaphore::new(PER_INSTANCE)),
         // Validated with the spec: every entry parses.
         grants: spec
             .allowed_outbound_hosts
@@ -121,14 +124,47 @@ fn is_internal_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfec0 // site-local (deprecated)
 }
 
-/// Where one component may send outgoing HTTP.
-#[derive(Debug, Clone, Default)]
+/// Outgoing HTTP requests one instance may have open at once.
+pub const PER_INSTANCE: usize = 16;
+
+/// Where one component may send outgoing HTTP, and how many requests it may have open.
+#[derive(Debug, Clone)]
 pub struct OutboundPolicy {
     grants: Arc<[OutboundGrant]>,
     listeners: HostListeners,
+    /// Open requests of all the component's instances (`limits.max_outbound_requests`).
+    component_slots: Arc<Semaphore>,
+    /// Open requests of one instance ([`PER_INSTANCE`]).
+    instance_slots: Arc<Semaphore>,
 }
 
 impl OutboundPolicy {
+    /// The policy for a new instance: the component's grants and shared slots, and
+    /// slots of its own.
+    pub fn for_instance(&self) -> OutboundPolicy {
+        OutboundPolicy {
+            instance_slots: Arc::new(Semaphore::new(PER_INSTANCE)),
+            ..self.clone()
+        }
+    }
+
+    /// A slot in both the instance's and the component's count, held until the
+    /// request's connection is done with.
+    fn take_slot(&self) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Error> {
+        match (
+            self.instance_slots.clone().try_acquire_owned(),
+            self.component_slots.clone().try_acquire_owned(),
+        ) {
+            (Ok(instance), Ok(component)) => Ok((instance, component)),
+            _ => {
+                tracing::info!(
+                    "outgoing HTTP refused: the instance ({PER_INSTANCE}) or the component (limits.max_outbound_requests) has as many requests open as it may"
+                );
+                Err(Error::ConnectionLimitReached)
+            }
+        }
+    }
+
     /// The one check of an outgoing request to `uri`: the addresses it may connect to, in
     /// the resolver's order, or the error the guest gets.
     pub async fn resolve(&self, uri: &http::Uri) -> Result<Vec<SocketAddr>, Error> {
@@ -212,8 +248,14 @@ impl WasiHttpHooks for OutboundPolicy {
         let policy = self.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
+            let slot = policy.take_slot()?;
             let addrs = policy.resolve(request.uri()).await?;
             let (response, io) = send::send(request, options, addrs).await?;
+            // The connection's driver holds the slot until the response is read or dropped.
+            let io = async move {
+                let _slot = slot;
+                io.await
+            };
             Ok((
                 response.map(BodyExt::boxed_unsync),
                 Box::new(io) as Box<dyn Future<Output = _> + Send>,
@@ -227,13 +269,14 @@ mod tests {
     use super::*;
 
     fn policy(grants: &[&str], listeners: &[&str]) -> OutboundPolicy {
-        OutboundPolicy {
-            grants: grants
-                .iter()
-                .map(|g| OutboundGrant::parse(g).unwrap())
-                .collect(),
-            listeners: HostListeners::new(listeners.iter().map(|a| a.parse().unwrap())),
-        }
+        let spec = crate::spec::ComponentSpec {
+            allowed_outbound_hosts: grants.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
+        };
+        grant(
+            &spec.validate().unwrap(),
+            &HostListeners::new(listeners.iter().map(|a| a.parse().unwrap())),
+        )
     }
 
     async fn check(p: &OutboundPolicy, uri: &str) -> Result<Vec<SocketAddr>, String> {
