@@ -8,6 +8,7 @@
 //! - `/echo`: answers with the request body;
 //! - `/count`: bumps a global counter and answers with it (always 1 on a fresh instance);
 //! - `/print`: writes one line each to stdout and stderr;
+//! - `/flood?lines=N`: writes N lines to stdout;
 //! - `/env`: reports the environment variables and preopened directories it can see;
 //! - `/fetch?url=U`: makes an outgoing GET to U and reports the outcome;
 //! - `/headers?NAME=VALUE&...`: answers with those response headers, the forbidden ones
@@ -76,6 +77,13 @@ impl Guest for Faults {
             "/count" => {
                 let n = COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
                 respond(out, 200, &text, n.to_string().as_bytes());
+            }
+            "/flood" => {
+                let lines = param(query, "lines", 1000);
+                for i in 0..lines {
+                    println!("flood line {i}");
+                }
+                respond(out, 200, &text, b"flooded");
             }
             "/print" => {
                 println!("a line on stdout");

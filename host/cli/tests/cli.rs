@@ -289,6 +289,53 @@ fn guest_logs_through_wasi_logging_on_one_line_each() {
     let _ = up.child.wait();
 }
 
+/// A guest flooding its stdout is cut off at its log budget: the lines past it are
+/// dropped and counted, and the count is logged once lines are let through again.
+#[test]
+fn a_log_flood_is_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults.wasm");
+    std::fs::write(&faults, wasm("faults")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"flood\"\n[components.flood]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/...\" }]\n",
+    )
+    .unwrap();
+    let (mut up, http, _) = weft_up(dir.path(), &manifest);
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{http}{path}"))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get("/flood?lines=5000"), 200);
+    // Dropped lines are reported with the next line let through, at most once a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(get("/print"), 200);
+    let report = up.wait_for("log lines (");
+    let dropped: u64 = report
+        .split("[flood] ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a count of dropped lines: {report}"));
+    let logged = up
+        .seen
+        .iter()
+        .filter(|l| l.contains("[flood] stdout: flood line"))
+        .count() as u64;
+    let burst = weft_runtime::capabilities::guest_log::LOG_LINES_BURST as u64;
+    assert!(
+        logged <= burst + 50 && logged + dropped >= 5000 - 50,
+        "{logged} logged, {dropped} dropped of 5000: {report}"
+    );
+    let _ = up.child.kill();
+    let _ = up.child.wait();
+}
+
 /// `just deploy hello`, the way a service author ships: it rebuilds the component and
 /// redeploys it, with its manifest's routes, into the host at `WEFT_ADMIN`; the new
 /// version answers from then on.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::guest_log::MAX_LINE;
+use super::guest_log::{LogBudget, MAX_LINE};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -26,12 +26,14 @@ pub const MAX_CONTEXT: usize = 256;
 #[derive(Debug, Clone)]
 pub struct LoggingGrant {
     component: Arc<str>,
+    budget: Arc<LogBudget>,
 }
 
-/// The logging grant of component `name`.
-pub fn grant(name: &str) -> LoggingGrant {
+/// The logging grant of component `name`, drawing on its log `budget`.
+pub fn grant(name: &str, budget: &Arc<LogBudget>) -> LoggingGrant {
     LoggingGrant {
         component: name.into(),
+        budget: budget.clone(),
     }
 }
 
@@ -72,6 +74,9 @@ impl logging::Host for LoggingGrant {
         let component = &self.component;
         let message = one_line(&message, MAX_LINE);
         let context = one_line(&context, MAX_CONTEXT);
+        if !self.budget.admit(message.len() + context.len()) {
+            return;
+        }
         let line = if context.is_empty() {
             format!("[{component}] log: {message}")
         } else {

@@ -75,10 +75,11 @@ pub struct Grants {
 impl Grants {
     /// The grants of component `name` under `spec`, on the host's `backends`.
     pub fn new(name: &str, spec: &ValidSpec, backends: &Backends) -> Grants {
+        let log_budget = guest_log::LogBudget::new(name);
         Grants {
             component: name.into(),
-            wasi: wasi::grant(name, spec),
-            logging: logging::grant(name),
+            wasi: wasi::grant(name, spec, &log_budget),
+            logging: logging::grant(name, &log_budget),
             outbound_http: outbound_http::grant(spec, &backends.listeners),
             messaging: messaging::grant(name, spec, backends.bus.clone()),
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),

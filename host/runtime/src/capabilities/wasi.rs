@@ -8,20 +8,23 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi::{WasiCtx, WasiView};
 
-use super::guest_log::{GuestLog, Tail};
+use super::guest_log::{GuestLog, LogBudget, Tail};
 use crate::spec::ValidSpec;
 
 /// What a component gets of WASI: its name (for its log lines) and its environment.
 #[derive(Debug, Clone)]
 pub struct WasiGrant {
     component: Arc<str>,
+    log_budget: Arc<LogBudget>,
     env: Arc<[(String, String)]>,
 }
 
-/// The WASI grant of component `name`: its spec's `config` as the environment.
-pub fn grant(name: &str, spec: &ValidSpec) -> WasiGrant {
+/// The WASI grant of component `name`: its spec's `config` as the environment; its
+/// stdout and stderr draw on its log `budget`.
+pub fn grant(name: &str, spec: &ValidSpec, log_budget: &Arc<LogBudget>) -> WasiGrant {
     WasiGrant {
         component: name.into(),
+        log_budget: log_budget.clone(),
         env: spec
             .config
             .iter()
@@ -34,8 +37,9 @@ impl WasiGrant {
     /// A new instance's WASI context; its last stderr lines are kept in `stderr`.
     pub fn ctx(&self, stderr: Tail) -> WasiCtx {
         let mut wasi = WasiCtx::builder();
-        wasi.stdout(GuestLog::new(self.component.clone(), "stdout"))
-            .stderr(GuestLog::new(self.component.clone(), "stderr").keeping_tail(stderr))
+        let log = |stream| GuestLog::new(self.component.clone(), self.log_budget.clone(), stream);
+        wasi.stdout(log("stdout"))
+            .stderr(log("stderr").keeping_tail(stderr))
             .envs(&self.env);
         wasi.build()
     }
