@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn reads_a_wrk_report() {
         let report = "Running 1s test @ http://127.0.0.1:1/\n  1 threads and 32 connections\n  Latency Distribution\n     50%  512.00us\n     75%    1.00ms\n     90%    1.10ms\n     99%    2.50ms\n  8000 requests in 1.00s, 1.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 4\nRequests/sec:   8000.50\nTransfer/sec:      1.00MB\n";
-        let load = super::parse(report).unwrap();
+        let load = super::parse(report).expect("a wrk report");
         assert_eq!(load.rps, 8000.5);
         assert!((load.p50_ms - 0.512).abs() < 1e-9);
         assert_eq!(load.p99_ms, 2.5);

@@ -1,6 +1,7 @@
 //! Bounded under abuse: slow and hostile clients on raw sockets against a real host.
 //! (Key-value and subject bounds are in `keyvalue.rs` and `messaging.rs`, on both
 //! backends.)
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -90,7 +91,7 @@ async fn connections_beyond_the_cap_are_closed_and_the_cap_frees_up() {
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut answer)).await;
     assert!(
-        matches!(read, Ok(_)) && answer.is_empty(),
+        read.is_ok() && answer.is_empty(),
         "a connection over the cap is closed unanswered: {:?}",
         String::from_utf8_lossy(&answer)
     );

@@ -1,6 +1,7 @@
 //! Guests reach only what they were granted, and the admin API only its operator: real
 //! guests on a real host, over real HTTP. The messaging side (forged `reply_to`, reserved
 //! namespaces, inboxes) is in `messaging.rs`, on both buses.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

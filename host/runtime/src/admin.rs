@@ -181,7 +181,7 @@ async fn authorize(
         return AdminError::ForeignHost(host).into_response();
     }
     if let Some(origin) = text(header::ORIGIN)
-        && !access.origins.iter().any(|o| *o == origin)
+        && !access.origins.contains(&origin)
     {
         tracing::warn!("admin API: refused a request from browser origin `{origin}`");
         return AdminError::ForeignOrigin(origin).into_response();
