@@ -214,6 +214,76 @@ async fn a_restarted_host_loads_compiled_code_from_the_cache() {
     second.shutdown().await;
 }
 
+/// Every `.cwasm` file under `dir`.
+fn cache_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(cache_files(&path));
+        } else if path.extension().is_some_and(|e| e == "cwasm") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// A cache file torn short or with its code overwritten is never loaded as native code:
+/// the host notices, compiles afresh, serves, and writes a good file again.
+#[tokio::test]
+async fn a_corrupted_or_torn_cache_file_is_recompiled_not_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let deploy_hello = |host: &weft_runtime::Host| {
+        let deployments = host.deployments().clone();
+        async move {
+            deployments
+                .deploy("hello", routes(&["/hello"]), wasm("hello").into())
+                .await
+                .unwrap();
+            deployments.list()[0].compiled.clone()
+        }
+    };
+    let first = start_host(cache.path()).await;
+    deploy_hello(&first).await;
+    first.shutdown().await;
+    let files = cache_files(cache.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    let file = &files[0];
+
+    type Damage = fn(&mut Vec<u8>);
+    let overwrite: Damage = |bytes| {
+        // 4 KiB of `int3` in the middle of the code, as a bad disk might.
+        let middle = bytes.len() / 2;
+        bytes[middle..middle + 4096].fill(0xCC);
+    };
+    let truncate: Damage = |bytes| bytes.truncate(bytes.len() / 2);
+    for (what, damage) in [("overwritten", overwrite), ("torn", truncate)] {
+        let mut bytes = std::fs::read(file).unwrap();
+        damage(&mut bytes);
+        std::fs::write(file, &bytes).unwrap();
+        let host = start_host(cache.path()).await;
+        let compiled = deploy_hello(&host).await;
+        assert!(
+            matches!(compiled, Compiled::Fresh { .. }),
+            "{what}: compiled afresh, not loaded: {compiled:?}"
+        );
+        assert_eq!(
+            reqwest::get(url(&host, "/hello")).await.unwrap().status(),
+            StatusCode::OK,
+            "{what}: serves"
+        );
+        host.shutdown().await;
+        // The good file written in its place is used again.
+        let host = start_host(cache.path()).await;
+        let compiled = deploy_hello(&host).await;
+        assert!(
+            matches!(compiled, Compiled::Cached { .. }),
+            "{what}: the rewritten file loads: {compiled:?}"
+        );
+        host.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn admin_api_off_loopback_requires_a_token() {
     let cache = tempfile::tempdir().unwrap();

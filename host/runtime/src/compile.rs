@@ -163,24 +163,59 @@ fn cache_file_name(engine: &Engine, digest: &str) -> String {
     format!("{digest}-{:016x}.cwasm", hasher.finish())
 }
 
+/// Marks the end of a cache file: this tag, then the SHA-256 of everything before it.
+const CHECKSUM_TAG: &[u8; 8] = b"weftsum1";
+const TRAILER: usize = CHECKSUM_TAG.len() + 32;
+
+/// Loads a cache file, after checking its checksum: a torn or corrupted file is native
+/// code that would crash the host on its first call. A file that fails the check is
+/// deleted, so the caller compiles afresh and writes a good one.
 #[allow(unsafe_code)]
 fn load(engine: &Engine, path: &Path) -> Result<Component> {
-    // SAFETY: the file was written by `write_cache_file` below from `Component::serialize` for an
-    // engine with the same compatibility hash (part of the file name), into a directory
-    // this host owns; wasmtime also checks the header before using it.
-    Ok(unsafe { Component::deserialize_file(engine, path) }?)
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let intact = bytes.len() > TRAILER && {
+        let (code, trailer) = bytes.split_at(bytes.len() - TRAILER);
+        trailer[..CHECKSUM_TAG.len()] == CHECKSUM_TAG[..]
+            && Sha256::digest(code)[..] == trailer[CHECKSUM_TAG.len()..]
+    };
+    if !intact {
+        let _ = std::fs::remove_file(path);
+        anyhow::bail!(
+            "its checksum does not match (a torn write or a corrupted disk); deleted it, compiling afresh"
+        );
+    }
+    // SAFETY: the bytes are what `write_cache_file` below wrote from `Component::serialize`
+    // (the checksum says so) for an engine with the same compatibility hash (part of the
+    // file name), in a directory this host owns; wasmtime also checks the header.
+    Ok(unsafe { Component::deserialize(engine, &bytes[..bytes.len() - TRAILER]) }?)
 }
 
+/// Writes a cache file with its checksum, durably: file data synced before the rename
+/// makes it visible, and the directory synced after, so a crash leaves either no file or
+/// a whole one.
 fn write_cache_file(component: &Component, path: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write as _;
     let dir = path.parent().context("cache path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let bytes = component.serialize()?;
+    let mut bytes = component.serialize()?;
+    let checksum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(CHECKSUM_TAG);
+    bytes.extend_from_slice(&checksum);
     // Write then rename, so a concurrent reader never sees half a file.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     Ok(())
 }
 
