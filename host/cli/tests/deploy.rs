@@ -240,7 +240,7 @@ async fn a_corrupted_or_torn_cache_file_is_recompiled_not_run() {
                 .deploy("hello", routes(&["/hello"]), wasm("hello").into())
                 .await
                 .unwrap();
-            deployments.list()[0].compiled.clone()
+            deployments.list()[0].compiled
         }
     };
     let first = start_host(cache.path()).await;
