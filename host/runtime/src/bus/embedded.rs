@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use crate::spec::subject::INBOX_PREFIX;
 
 use super::{
-    BusError, Message, MessageBus, StopDelivery, Subscription, subject_matches, valid_pattern,
-    valid_subject,
+    BusError, Message, MessageBus, StopDelivery, Subscription, check_message, subject_matches,
+    valid_pattern, valid_subject,
 };
 
 /// An in-process message bus.
@@ -138,12 +138,7 @@ impl EmbeddedBus {
 impl MessageBus for EmbeddedBus {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
         async move {
-            if !valid_subject(&message.subject) {
-                return Err(BusError::InvalidSubject(message.subject));
-            }
-            if let Some(reply_to) = message.reply_to.as_ref().filter(|r| !valid_subject(r)) {
-                return Err(BusError::InvalidSubject(reply_to.clone()));
-            }
+            check_message(&message)?;
             // Senders are collected under the lock and used after it: a full
             // subscriber slows the publisher down instead of losing messages.
             for recipient in self.recipients(&message.subject) {

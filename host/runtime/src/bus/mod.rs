@@ -32,6 +32,18 @@ pub fn header_value(text: &str) -> String {
         .collect()
 }
 
+/// The check every backend makes before publishing: a valid subject, and a valid reply
+/// subject if there is one (both reach the broker's protocol line).
+pub fn check_message(message: &Message) -> Result<(), BusError> {
+    let invalid = std::iter::once(&message.subject)
+        .chain(&message.reply_to)
+        .find(|s| !valid_subject(s));
+    match invalid {
+        Some(subject) => Err(BusError::InvalidSubject(subject.clone())),
+        None => Ok(()),
+    }
+}
+
 /// A message on the bus.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Message {

@@ -11,8 +11,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BusError, Message, MessageBus, StopDelivery, Subscription, header_value, valid_pattern,
-    valid_subject,
+    BusError, Message, MessageBus, StopDelivery, Subscription, check_message, header_value,
+    valid_pattern, valid_subject,
 };
 
 /// How to reach a NATS server.
@@ -133,12 +133,7 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 impl MessageBus for NatsBus {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
         async move {
-            if !valid_subject(&message.subject) {
-                return Err(BusError::InvalidSubject(message.subject));
-            }
-            if let Some(reply_to) = message.reply_to.as_ref().filter(|r| !valid_subject(r)) {
-                return Err(BusError::InvalidSubject(reply_to.clone()));
-            }
+            check_message(&message)?;
             let mut headers = async_nats::HeaderMap::new();
             // A line break in a header value would trip an assertion in async-nats.
             for (name, value) in &message.headers {

@@ -168,7 +168,7 @@ impl store::Host for KeyValue<'_> {
                 name: identifier,
                 cursor: None,
             })
-            .map_err(|e| Error::Other(e.to_string()))
+            .map_err(table_error)
     }
 }
 
