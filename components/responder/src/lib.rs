@@ -9,7 +9,9 @@
 //! - `call`: requests the subject named by the body and replies with the answer or error;
 //! - `record`: publishes `<INSTANCE>:<body>` to `seen.<subject>`;
 //! - `count`: replies how many messages this instance has handled, this one included
-//!   (always 1 unless the component reuses instances).
+//!   (always 1 unless the component reuses instances);
+//! - `slow`: publishes `seen.start.<subject>`, sleeps for the body's milliseconds, then
+//!   publishes `seen.done.<subject>` (a handler still running when something stops).
 //!
 //! HTTP (the bridge): `POST /publish/<subject>[?reply_to=<subject>]` publishes the
 //! request body, with that reply subject if given (202, or 403 with the error); `POST /request/<subject>` requests with the body and answers with the
@@ -105,6 +107,19 @@ impl MessageGuest for Responder {
                 reply_to: None,
             }),
             "count" => reply(&msg.reply_to, handled.to_string().into_bytes()),
+            "slow" => {
+                let seen = |stage: &str| {
+                    consumer::publish(&BrokerMessage {
+                        subject: format!("seen.{stage}.{}", msg.subject),
+                        body: vec![],
+                        reply_to: None,
+                    })
+                };
+                seen("start")?;
+                let ms = text.trim().parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                seen("done")
+            }
             other => Err(format!("unknown action `{other}`")),
         }
     }

@@ -97,8 +97,12 @@ pub async fn list(client: &AdminClient) -> Result<()> {
             Some(Tier::Baseline) => "code=winch(optimizing) ",
             _ => "",
         };
+        let dropped = match d.dropped_messages {
+            0 => String::new(),
+            n => format!("dropped_messages={n} "),
+        };
         println!(
-            "{:20} {:20} requests={} errors={} {code}routes={}",
+            "{:20} {:20} requests={} errors={} {dropped}{code}routes={}",
             d.name,
             d.version.chars().take(19).collect::<String>(),
             d.requests,

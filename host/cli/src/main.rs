@@ -75,6 +75,10 @@ enum Command {
         /// Directory of the embedded key-value store (default: ~/.local/share/weft).
         #[arg(long, env = "WEFT_DATA_DIR")]
         data_dir: Option<PathBuf>,
+        /// Seconds a shutdown (Ctrl-C, SIGTERM) waits for the HTTP requests and messages
+        /// in flight before stopping anyway.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        shutdown_grace: u64,
     },
     /// Deploy a component to a running host (the running version serves until it is live).
     Deploy {
@@ -126,15 +130,26 @@ impl AdminArgs {
     }
 }
 
+/// Log lines queued for stderr before more are dropped.
+const LOG_QUEUE_LINES: usize = 16_384;
+
 fn main() -> ExitCode {
     quiet_error_backtraces();
+    // Log lines go to stderr from a thread of their own, through a bounded queue: a
+    // stalled stderr (a full pipe, a paused terminal) drops lines, and never blocks the
+    // runtime's workers. The guard writes out what is queued when `main` returns.
+    let (log_writer, _flush_logs_on_exit) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(true)
+            .buffered_lines_limit(LOG_QUEUE_LINES)
+            .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 "info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn,async_nats=warn".into()
             }),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
@@ -185,6 +200,7 @@ async fn run(cli: Cli) -> Result<()> {
             nats_creds,
             nats_token,
             data_dir,
+            shutdown_grace,
         } => {
             let nats = nats.map(|url| NatsConfig {
                 url,
@@ -199,6 +215,7 @@ async fn run(cli: Cli) -> Result<()> {
                 admin_origins,
                 nats,
                 baseline_compiler: !cranelift_only,
+                shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                 ..HostConfig::default()
             };
             if cache_dir.is_some() {
@@ -209,7 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let host = weft::up::start(&manifest, config, !no_build).await?;
             weft::up::wait_for_signal().await;
-            eprintln!("shutting down: finishing requests in flight...");
+            eprintln!("shutting down: finishing the requests and messages in flight...");
             host.shutdown().await;
             Ok(())
         }

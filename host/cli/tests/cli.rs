@@ -207,6 +207,15 @@ fn no_host_and_bad_manifests_get_errors_that_say_what_to_do() {
 /// Starts `weft up MANIFEST` on ephemeral ports with its cache and data in `dir`; returns
 /// the running process and its HTTP and admin addresses.
 fn weft_up(dir: &std::path::Path, manifest: &std::path::Path) -> (Running, String, String) {
+    weft_up_with(dir, manifest, &[])
+}
+
+/// [`weft_up`] with further `weft up` arguments.
+fn weft_up_with(
+    dir: &std::path::Path,
+    manifest: &std::path::Path,
+    args: &[&str],
+) -> (Running, String, String) {
     let mut child = Command::new(WEFT)
         .args([
             "up",
@@ -221,6 +230,7 @@ fn weft_up(dir: &std::path::Path, manifest: &std::path::Path) -> (Running, Strin
         // Its own key-value store: a host running on this machine holds the default one.
         .arg("--data-dir")
         .arg(dir.join("data"))
+        .args(args)
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting weft up");
@@ -383,4 +393,131 @@ async fn just_deploy_ships_a_new_version_into_a_running_host() {
         .unwrap();
     assert_eq!(body.trim(), "Hello from weft! You asked for /hello/world");
     host.shutdown().await;
+}
+
+/// SIGTERM while an HTTP response streams for longer than the grace period and messages
+/// keep arriving: the host stops taking messages at once, lets the handlers it took in
+/// finish next to the HTTP stream (not after it), and flushes what they published before
+/// the process exits. Every handler that started (`seen.start.*`, published first
+/// thing) also finished (`seen.done.*`), as a plain NATS client sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_drains_http_and_messages_together_and_loses_no_publish() {
+    use futures::StreamExt;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("faults.wasm"), wasm("faults")).unwrap();
+    std::fs::write(dir.path().join("responder.wasm"), wasm("responder")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"name = "drain"
+nats_url = "{}"
+[components.web]
+source = "faults.wasm"
+routes = [{{ path = "/..." }}]
+[components.worker]
+source = "responder.wasm"
+subscriptions = [{{ subject = "work.>", max_in_flight = 64 }}]
+allowed_publish = ["seen.>"]
+"#,
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut seen = client.subscribe("seen.>").await.unwrap();
+    client.flush().await.unwrap();
+    let (mut up, http, _) = tokio::task::block_in_place(|| {
+        weft_up_with(
+            dir.path(),
+            &manifest,
+            &["--shutdown-grace", "3", "--cranelift-only"],
+        )
+    });
+
+    // An HTTP stream of 6 s, twice the grace: it holds the HTTP drain to the end.
+    let stream = tokio::spawn(reqwest::get(format!(
+        "http://{http}/slow?chunks=60&delay_ms=100"
+    )));
+    // Messages keep coming for 6 s, each handled for 800 ms, before and after the
+    // signal (a host that goes on taking them in is cut off in mid-handler at the end).
+    let publisher = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let _ = client.publish(format!("work.{i}.slow"), "800".into()).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client.flush().await.unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit =
+        tokio::task::block_in_place(|| wait_with_timeout(&mut up.child, Duration::from_secs(20)));
+    assert!(exit.success(), "weft up exits cleanly: {exit}");
+    publisher.await.unwrap();
+    let _ = stream.await;
+
+    let (mut started, mut done) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), seen.next()).await {
+        let subject = m.subject.to_string();
+        if let Some(work) = subject.strip_prefix("seen.start.") {
+            started.insert(work.to_string());
+        } else if let Some(work) = subject.strip_prefix("seen.done.") {
+            done.insert(work.to_string());
+        }
+    }
+    assert!(!started.is_empty(), "some messages were handled");
+    let cut_off: Vec<&String> = started.difference(&done).collect();
+    assert!(
+        cut_off.is_empty(),
+        "{} of {} handlers started but never finished (or their publish was lost): {cut_off:?}",
+        cut_off.len(),
+        started.len()
+    );
+    while let Ok(line) = up.lines.recv_timeout(Duration::from_millis(200)) {
+        up.seen.push(line);
+    }
+    let stderr = up.seen.join("\n");
+    assert!(
+        stderr.contains("HTTP connections with a request in flight"),
+        "the warning says what held shutdown up: {stderr}"
+    );
+}
+
+/// A deploy after which the components may run more instances at once than the host
+/// has slots says so: under load, requests beyond the slots would be answered 503 before
+/// any component reaches its own `max_concurrency`.
+#[test]
+fn a_deploy_past_the_hosts_instance_slots_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.wasm"), wasm("hello")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"busy\"\n\
+         [components.a]\nsource = \"hello.wasm\"\nroutes = [{ path = \"/a\" }]\nlimits = { max_concurrency = 600 }\n\
+         [components.b]\nsource = \"hello.wasm\"\nroutes = [{ path = \"/b\" }]\nlimits = { max_concurrency = 600 }\n",
+    )
+    .unwrap();
+    let (mut up, _, _) = weft_up(dir.path(), &manifest);
+    // Only the second deploy passes the slots (600 alone fits in 1000).
+    let warning = up.wait_for("instance slots");
+    assert!(
+        warning.contains("1200 instances") && warning.contains("1000 instance slots"),
+        "{warning}"
+    );
+    let _ = up.child.kill();
+    let _ = up.child.wait();
 }

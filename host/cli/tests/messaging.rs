@@ -746,3 +746,56 @@ async fn the_host_reconnects_after_nats_restarts() {
     host.shutdown().await;
     drop(nats);
 }
+
+/// Admission on NATS: a subscription holds `max_in_flight` messages running and as many
+/// waiting; past that the host drops (core NATS delivers at most once), counts the drops
+/// in the component's listing and says so at warn. Before, async-nats buffered up to
+/// 65,536 messages per subscription ahead of the bound, where nothing could see them.
+#[tokio::test]
+async fn a_saturated_subscription_drops_and_counts_instead_of_buffering_on_nats() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host_on_nats(cache.path(), &nats).await;
+    let mut spec = subscriber("work.>");
+    spec.subscriptions[0].max_in_flight = 2;
+    spec.allowed_publish = vec!["seen.>".into()];
+    deploy(&host, "slowpoke", "responder", spec).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut started = client.subscribe("seen.start.>").await.unwrap();
+    client.flush().await.unwrap();
+    const SENT: u64 = 40;
+    for i in 0..SENT {
+        client
+            .publish(format!("work.{i}.slow"), "400".into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+
+    // 2 running, 2 waiting, and at most one more in the hand between them.
+    let mut handled = 0u64;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1500), started.next()).await
+    {
+        handled += 1;
+    }
+    assert!(
+        (2..=5).contains(&handled),
+        "{handled} of {SENT} were handled with max_in_flight = 2"
+    );
+    let mut dropped = 0;
+    for _ in 0..40 {
+        dropped = host.deployments().list()[0].dropped_messages;
+        if dropped + handled == SENT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        dropped + handled,
+        SENT,
+        "every message is handled or counted as dropped"
+    );
+    host.shutdown().await;
+}

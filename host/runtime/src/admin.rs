@@ -26,8 +26,24 @@ use crate::api::{DeploymentInfo, ErrorBody, Health, Status};
 use crate::deploy::{DeployError, LiveSet};
 use crate::spec::ComponentSpec;
 
-/// Largest component accepted by the admin API.
-const MAX_UPLOAD: usize = 512 << 20;
+/// What the admin API takes in at once: each deploy's upload is held in memory whole
+/// (to digest and compile it), so both its size and how many run together are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Largest component accepted, in bytes (larger: 413).
+    pub max_upload_bytes: usize,
+    /// Deploys received or compiling at once (more: 503 with `Retry-After`).
+    pub max_concurrent_deploys: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_upload_bytes: 256 << 20,
+            max_concurrent_deploys: 4,
+        }
+    }
+}
 
 /// Who may use the admin API.
 #[derive(Debug, Clone)]
@@ -88,13 +104,18 @@ fn same_secret(a: &str, b: &str) -> bool {
 struct AdminState {
     deployments: Arc<LiveSet>,
     access: Arc<AdminAccess>,
+    limits: AdminLimits,
+    /// One permit per deploy being received or compiled.
+    deploys: Arc<tokio::sync::Semaphore>,
 }
 
 /// The admin API's routes.
-pub fn app(deployments: Arc<LiveSet>, access: AdminAccess) -> Router {
+pub fn app(deployments: Arc<LiveSet>, access: AdminAccess, limits: AdminLimits) -> Router {
     let state = AdminState {
         deployments,
         access: Arc::new(access),
+        limits,
+        deploys: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_deploys)),
     };
     Router::new()
         .route(
@@ -111,7 +132,8 @@ pub fn app(deployments: Arc<LiveSet>, access: AdminAccess) -> Router {
             "/v1/components/{name}",
             get(show).put(deploy).delete(undeploy),
         )
-        .layer(DefaultBodyLimit::max(MAX_UPLOAD))
+        // Deploys read their body themselves, within `max_upload_bytes`.
+        .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
@@ -140,6 +162,19 @@ pub enum AdminError {
     /// The `weft-spec` header is not a valid spec.
     #[error("invalid `{SPEC_HEADER}` header: {0}")]
     BadSpec(String),
+    /// The upload is larger than the host takes.
+    #[error(
+        "the component is larger than this host accepts ({0} bytes at most): build it smaller (release profile, strip debug info)"
+    )]
+    TooLarge(usize),
+    /// As many deploys as the host takes at once are under way.
+    #[error(
+        "{0} deploys are already under way, the most this host takes at once; retry when one has finished"
+    )]
+    Busy(usize),
+    /// The upload broke off.
+    #[error("reading the upload failed: {0}")]
+    Upload(String),
     /// The deploy or undeploy was refused.
     #[error(transparent)]
     Deploy(#[from] DeployError),
@@ -150,9 +185,18 @@ impl IntoResponse for AdminError {
         let status = match &self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::ForeignHost(_) | AdminError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
-            AdminError::BadSpec(_) => StatusCode::BAD_REQUEST,
+            AdminError::BadSpec(_) | AdminError::Upload(_) => StatusCode::BAD_REQUEST,
+            AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Busy(_) => {
+                let body = ErrorBody {
+                    error: self.to_string(),
+                };
+                let retry = [(header::RETRY_AFTER, "1")];
+                return (StatusCode::SERVICE_UNAVAILABLE, retry, Json(body)).into_response();
+            }
             AdminError::Deploy(DeployError::NotFound(_)) => StatusCode::NOT_FOUND,
             AdminError::Deploy(DeployError::RouteConflict(_)) => StatusCode::CONFLICT,
+            AdminError::Deploy(DeployError::Storage(_)) => StatusCode::INSUFFICIENT_STORAGE,
             AdminError::Deploy(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let body = ErrorBody {
@@ -222,8 +266,22 @@ async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    wasm: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, AdminError> {
+    // The permit is taken before the body is read, so waiting uploads hold no memory.
+    let Ok(_permit) = state.deploys.clone().try_acquire_owned() else {
+        return Err(AdminError::Busy(state.limits.max_concurrent_deploys));
+    };
+    let max = state.limits.max_upload_bytes;
+    let wasm: Bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            AdminError::TooLarge(max)
+        } else {
+            AdminError::Upload(e.to_string())
+        }
+    })?;
     let spec: ComponentSpec = match headers.get(SPEC_HEADER) {
         None => ComponentSpec::default(),
         Some(value) => {

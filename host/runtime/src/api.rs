@@ -52,6 +52,9 @@ pub struct DeploymentInfo {
     pub requests: u64,
     /// Requests that failed on the host side (trap, deadline, limits).
     pub errors: u64,
+    /// Messages dropped because its subscriptions were full (NATS slow consumer).
+    #[serde(default)]
+    pub dropped_messages: u64,
 }
 
 /// `GET /v1/status`: how the host is connected.

@@ -104,18 +104,18 @@ impl CompileCache {
             ms: start.elapsed().as_millis() as u64,
         };
         if let Some(path) = self.path(engine, digest) {
-            let write_out = {
-                let component = component.clone();
-                move || {
-                    if let Err(e) = write_cache_file(&component, &path) {
-                        tracing::warn!(path = %path.display(), "could not write compile cache: {e:#}");
-                    }
-                }
-            };
             match write {
-                Write::Now => write_out(),
+                // A deploy that waits for its code to be cached fails if it cannot be
+                // (a full disk, say), so the version before it keeps serving.
+                Write::Now => write_cache_file(&component, &path)
+                    .map_err(|e| CacheWriteFailed(format!("{}: {e:#}", path.display())))?,
                 Write::InBackground => {
-                    std::thread::spawn(write_out);
+                    let component = component.clone();
+                    std::thread::spawn(move || {
+                        if let Err(e) = write_cache_file(&component, &path) {
+                            tracing::warn!(path = %path.display(), "could not write compile cache (a restart compiles this component again): {e:#}");
+                        }
+                    });
                 }
             }
         }
@@ -146,6 +146,13 @@ impl CompileCache {
             .map(|dir| dir.join(cache_file_name(engine, digest)))
     }
 }
+
+/// The compiled code could not be written to the cache (a full disk, say).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot write the compiled code to the compile cache {0}; free space there (or start the host with another --cache-dir), then deploy again"
+)]
+pub struct CacheWriteFailed(String);
 
 /// When [`CompileCache::compile`] writes a new result to the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,12 +214,14 @@ fn write_cache_file(component: &Component, path: &Path) -> Result<()> {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    let mut file =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    file.write_all(&bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {}", tmp.display()))?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // A half-written file on a full disk would only keep it full.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))?;

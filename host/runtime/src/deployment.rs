@@ -50,6 +50,8 @@ pub struct Deployment {
     pub requests: AtomicU64,
     /// Requests that ended in a trap, deadline or host error.
     pub errors: AtomicU64,
+    /// Messages dropped before reaching it because its subscriptions were full (NATS).
+    pub dropped_messages: AtomicU64,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -95,6 +97,7 @@ impl Deployment {
             tier: Some(self.tier),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
         }
     }
 
@@ -175,6 +178,9 @@ pub enum DeployError {
     /// Wasmtime could not compile it.
     #[error("the component does not compile: {0}")]
     Compile(String),
+    /// The host could not store what the deploy needs (its compiled code, on a full disk).
+    #[error("{0}")]
+    Storage(String),
     /// It imports something the host does not provide.
     #[error("the component imports what this host does not provide: {0}")]
     UnknownImport(String),

@@ -10,9 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::admin::AdminAccess;
+use crate::admin::{AdminAccess, AdminLimits};
 use crate::bus::MessageBus;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::nats::{NatsBus, NatsConfig};
@@ -24,7 +23,7 @@ use crate::engine::Engines;
 use crate::kv::KvStore;
 use crate::kv::embedded::EmbeddedKv;
 use crate::kv::nats::NatsKv;
-use crate::listener::{self, ConnectionLimits};
+use crate::listener::{self, ConnectionLimits, Serving};
 
 /// How to start a host.
 #[derive(Debug, Clone)]
@@ -60,6 +59,8 @@ pub struct HostConfig {
     pub http_connections: ConnectionLimits,
     /// Bounds of the admin listener's connections.
     pub admin_connections: ConnectionLimits,
+    /// Bounds of the admin API's deploys (upload size, deploys at once).
+    pub admin_limits: AdminLimits,
 }
 
 impl Default for HostConfig {
@@ -79,6 +80,7 @@ impl Default for HostConfig {
             idle_instance_ttl: crate::instance::IDLE_INSTANCE_TTL,
             http_connections: ConnectionLimits::HTTP,
             admin_connections: ConnectionLimits::ADMIN,
+            admin_limits: AdminLimits::default(),
         }
     }
 }
@@ -90,7 +92,8 @@ pub struct Host {
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
-    servers: Vec<JoinHandle<()>>,
+    http: Serving,
+    admin: Serving,
     grace: Duration,
 }
 
@@ -108,7 +111,7 @@ impl Host {
         let (bus, kv): (Arc<dyn MessageBus>, Arc<dyn KvStore>) = match &config.nats {
             Some(nats) => {
                 let bus = NatsBus::connect(nats).await?;
-                let kv = NatsKv::new(bus.client().clone());
+                let kv = NatsKv::connect(nats).await?;
                 (Arc::new(bus), Arc::new(kv))
             }
             None => {
@@ -150,34 +153,34 @@ impl Host {
             Arc::downgrade(&deployments),
             config.idle_instance_ttl,
         ));
-        let servers = vec![
-            listener::serve(
-                http,
-                http_trigger.app(),
-                config.http_connections,
-                stopped.clone(),
+        let http = listener::serve(
+            http,
+            http_trigger.app(),
+            config.http_connections,
+            stopped.clone(),
+        );
+        let admin = listener::serve(
+            admin,
+            crate::admin::app(
+                deployments.clone(),
+                AdminAccess {
+                    listen: admin_addr,
+                    token: config.admin_token,
+                    hosts: config.admin_hosts,
+                    origins: config.admin_origins,
+                },
+                config.admin_limits,
             ),
-            listener::serve(
-                admin,
-                crate::admin::app(
-                    deployments.clone(),
-                    AdminAccess {
-                        listen: admin_addr,
-                        token: config.admin_token,
-                        hosts: config.admin_hosts,
-                        origins: config.admin_origins,
-                    },
-                ),
-                config.admin_connections,
-                stopped,
-            ),
-        ];
+            config.admin_connections,
+            stopped,
+        );
         Ok(Host {
             deployments,
             http_addr,
             admin_addr,
             stop,
-            servers,
+            http,
+            admin,
             grace: config.shutdown_grace,
         })
     }
@@ -197,22 +200,53 @@ impl Host {
         &self.deployments
     }
 
-    /// Stops accepting connections, lets requests in flight finish within the grace
-    /// period, then returns.
-    pub async fn shutdown(self) {
+    /// Stops accepting connections and messages, lets the HTTP requests and the messages
+    /// in flight finish together within the grace period, then makes sure what the
+    /// components published has left the host (flushes the NATS connection). Says what
+    /// held it up if the grace ran out; never waits on a NATS server that is gone.
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let all = async {
-            futures::future::join_all(self.servers).await;
-            self.deployments.shutdown().await;
-        };
-        if tokio::time::timeout(self.grace, all).await.is_err() {
+        let draining = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let servers = futures::future::join(&mut self.http.task, &mut self.admin.task);
+        let messaging = self.deployments.shutdown(&draining);
+        let both = futures::future::join(servers, messaging);
+        if tokio::time::timeout_at(deadline, both).await.is_err() {
+            let mut held = Vec::new();
+            let open = self.http.open_connections() + self.admin.open_connections();
+            if open > 0 {
+                held.push(format!("{open} HTTP connections with a request in flight"));
+            }
+            let draining = draining.lock().unwrap_or_else(|e| e.into_inner());
+            if !draining.is_empty() {
+                let names: Vec<&str> = draining.iter().map(String::as_str).collect();
+                held.push(format!(
+                    "messages still being handled by {}",
+                    names.join(", ")
+                ));
+            }
             tracing::warn!(
-                "requests still in flight after {:?}; stopping anyway",
-                self.grace
+                "shutdown: still waiting after {:?} for {}; stopping anyway",
+                self.grace,
+                if held.is_empty() {
+                    "nothing known".to_string()
+                } else {
+                    held.join(" and ")
+                }
             );
+        }
+        // Publishes already acknowledged to guests may still sit in the client's buffer.
+        let within = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(FLUSH_AT_LEAST);
+        if let Err(e) = self.deployments.backends().bus.flush(within).await {
+            tracing::warn!("shutdown: could not flush the message bus: {e}");
         }
     }
 }
+
+/// How long shutdown waits for the message bus to flush, even after the grace ran out.
+const FLUSH_AT_LEAST: Duration = Duration::from_secs(1);
 
 /// Six times per `ttl`, drops the kept and spare instances idle for `ttl` or longer,
 /// until the host is gone.

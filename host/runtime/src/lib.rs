@@ -37,4 +37,7 @@ pub mod spec;
 pub mod store_data;
 pub mod triggers;
 
+#[cfg(test)]
+mod properties;
+
 pub use host::{Host, HostConfig};

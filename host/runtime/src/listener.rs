@@ -48,6 +48,22 @@ impl ConnectionLimits {
     };
 }
 
+/// A listener being served: its task ends once stopped and its connections closed.
+#[derive(Debug)]
+pub struct Serving {
+    /// Ends when the listener has stopped and every connection is closed.
+    pub task: JoinHandle<()>,
+    open: Arc<Semaphore>,
+    max_connections: usize,
+}
+
+impl Serving {
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.max_connections - self.open.available_permits()
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `stopped` turns true, then waits for
 /// the requests in flight (the caller bounds how long).
 pub fn serve(
@@ -55,7 +71,7 @@ pub fn serve(
     app: axum::Router,
     limits: ConnectionLimits,
     mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> Serving {
     let idle = limits.body_idle_timeout;
     let app = app.layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
@@ -63,8 +79,9 @@ pub fn serve(
             next.run(request)
         },
     ));
-    tokio::spawn(async move {
-        let open = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let open_connections = open.clone();
+    let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -115,7 +132,12 @@ pub fn serve(
             });
         }
         graceful.shutdown().await;
-    })
+    });
+    Serving {
+        task,
+        open: open_connections,
+        max_connections: limits.max_connections,
+    }
 }
 
 /// A request body that fails when the client sends nothing for the idle timeout.

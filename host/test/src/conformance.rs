@@ -394,6 +394,7 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
         ["a"]
     );
     keys_page_by_page(store.as_ref(), &format!("{bucket}-pages")).await;
+    awkward_keys(store.as_ref(), &format!("{bucket}-keys")).await;
 
     assert_eq!(
         store
@@ -467,4 +468,30 @@ pub async fn kv_store(store: Arc<dyn KvStore>, bucket: &str) {
         .filter(|r| matches!(r, Ok(Ok(true))))
         .count();
     assert_eq!(won, 1, "exactly one compare-and-swap from absent wins");
+}
+
+/// Keys with the characters that NATS subjects give meaning to (dots in a row, at either
+/// end, wildcards, spaces, the escape character) are stored and listed as they are.
+async fn awkward_keys(store: &dyn KvStore, bucket: &str) {
+    let keys = [
+        "a..b", ".x", "x.", "...", "a b", "*", ">", "$KV", "=2E", "é/ü",
+    ];
+    for key in keys {
+        store
+            .set(bucket.into(), key.into(), Bytes::from(key))
+            .await
+            .unwrap_or_else(|e| panic!("set `{key}`: {e}"));
+    }
+    for key in keys {
+        let value = store.get(bucket.into(), key.into()).await;
+        assert_eq!(value, Ok(Some(Bytes::from(key))), "get `{key}`");
+    }
+    let mut expected: Vec<&str> = keys.to_vec();
+    expected.sort_unstable();
+    let listed = store
+        .keys_after(bucket.into(), None, 100)
+        .await
+        .expect("keys")
+        .keys;
+    assert_eq!(listed, expected, "listed as they were set");
 }

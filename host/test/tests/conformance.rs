@@ -51,8 +51,8 @@ async fn nats_kv() {
     let Some(server) = NatsServer::start() else {
         return;
     };
-    let bus = NatsBus::connect(&nats_config(server.url())).await.unwrap();
-    kv_store(Arc::new(NatsKv::new(bus.client().clone())), "conf").await;
+    let kv = NatsKv::connect(&nats_config(server.url())).await.unwrap();
+    kv_store(Arc::new(kv), "conf").await;
 }
 
 #[tokio::test]

@@ -206,7 +206,11 @@ impl MessageBus for EmbeddedBus {
                 queue_group,
                 sender,
             });
-            Ok(Subscription { messages, stop })
+            Ok(Subscription {
+                messages,
+                stop,
+                dropped: Default::default(),
+            })
         }
         .boxed()
     }

@@ -4,6 +4,8 @@
 pub mod embedded;
 pub mod nats;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,6 +93,9 @@ pub struct Subscription {
     pub messages: mpsc::Receiver<Message>,
     /// Stops delivery of new messages; those already received stay readable.
     pub stop: Box<dyn StopDelivery>,
+    /// Messages the backend dropped because `messages` was full (NATS: a slow
+    /// consumer; the embedded bus never drops, it slows the publisher down instead).
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// Stops a subscription's delivery (unsubscribe), leaving buffered messages to drain.
@@ -120,6 +125,12 @@ pub trait MessageBus: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Subscription, BusError>>;
     /// A short description of the backend and its connection state, for listings.
     fn describe(&self) -> String;
+    /// Waits until what was published so far has left the host (NATS: written to the
+    /// server's connection), at most `within`; an error says why it could not.
+    fn flush(&self, within: Duration) -> BoxFuture<'_, Result<(), BusError>> {
+        let _ = within;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 pub use crate::spec::subject::{subject_matches, valid_pattern, valid_subject};

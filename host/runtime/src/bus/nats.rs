@@ -2,6 +2,8 @@
 //! backoff on its own, and restores subscriptions after a reconnect.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -35,45 +37,95 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// The connection, shared with the NATS key-value store.
+    /// The connection.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
 
     /// Connects to the server (waiting up to 5 s for the first connection).
     pub async fn connect(config: &NatsConfig) -> Result<NatsBus> {
-        let mut options = async_nats::ConnectOptions::new()
-            .name("weft")
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(|event| async move {
+        // Each subscription's task takes messages out of the client as they come
+        // (`forward`), so the client's buffer is a hand-off, not a backlog.
+        let client = connect_client(config, "messaging", CLIENT_BUFFER).await?;
+        Ok(NatsBus {
+            client,
+            url: redact_url(&config.url),
+        })
+    }
+}
+
+/// A connection to the server for one `role` (`messaging`, `key-value`: each has its
+/// own, so a long key listing never competes with message delivery), whose client holds
+/// up to `subscription_capacity` messages per subscription before it drops (and counts)
+/// them. Waits up to 5 s for the first connection.
+pub async fn connect_client(
+    config: &NatsConfig,
+    role: &'static str,
+    subscription_capacity: usize,
+) -> Result<async_nats::Client> {
+    let slow = Arc::new(SlowConsumers::default());
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("weft {role}"))
+        .connection_timeout(Duration::from_secs(5))
+        .subscription_capacity(subscription_capacity)
+        .event_callback(move |event| {
+            let slow = slow.clone();
+            async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!("nats: connected"),
+                    async_nats::Event::Connected => tracing::info!("nats ({role}): connected"),
                     async_nats::Event::Disconnected => {
-                        tracing::warn!("nats: disconnected, reconnecting with backoff")
+                        tracing::warn!("nats ({role}): disconnected, reconnecting with backoff")
                     }
-                    other => tracing::info!("nats: {other}"),
+                    async_nats::Event::SlowConsumer(_) => slow.dropped(role, subscription_capacity),
+                    other => tracing::info!("nats ({role}): {other}"),
                 }
-            });
-        if let Some(token) = &config.token {
-            options = options.token(token.clone());
-        } else if let Some((user, password)) = url_credentials(&config.url) {
-            // async-nats does not use credentials written in the URL itself.
-            options = match password {
-                Some(password) => options.user_and_password(user, password),
-                None => options.token(user),
-            };
+            }
+        });
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    } else if let Some((user, password)) = url_credentials(&config.url) {
+        // async-nats does not use credentials written in the URL itself.
+        options = match password {
+            Some(password) => options.user_and_password(user, password),
+            None => options.token(user),
+        };
+    }
+    if let Some(creds) = &config.creds {
+        options = options
+            .credentials_file(creds)
+            .await
+            .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
+    }
+    let url = redact_url(&config.url);
+    options.connect(config.url.as_str()).await.with_context(|| {
+        format!("cannot connect to NATS at {url}: is nats-server running there? (omit --nats to use the embedded bus)")
+    })
+}
+
+/// Messages the messaging connection's client buffers per subscription before it drops
+/// them (slow consumer).
+const CLIENT_BUFFER: usize = 256;
+
+/// Counts the client's slow-consumer drops and reports them at warn, at most once a
+/// second, with how many there were.
+#[derive(Debug, Default)]
+struct SlowConsumers {
+    since_report: AtomicU64,
+    last_report: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl SlowConsumers {
+    fn dropped(&self, role: &str, capacity: usize) {
+        self.since_report.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last_report.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
         }
-        if let Some(creds) = &config.creds {
-            options = options
-                .credentials_file(creds)
-                .await
-                .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
-        }
-        let url = redact_url(&config.url);
-        let client = options.connect(config.url.as_str()).await.with_context(|| {
-            format!("cannot connect to NATS at {url}: is nats-server running there? (omit --nats to use the embedded bus)")
-        })?;
-        Ok(NatsBus { client, url })
+        *last = Some(std::time::Instant::now());
+        let count = self.since_report.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            "nats ({role}): the client dropped {count} messages (slow consumer: a subscription's buffer of {capacity} was full; the host is short of CPU)"
+        );
     }
 }
 
@@ -199,7 +251,7 @@ impl MessageBus for NatsBus {
             if !valid_pattern(&subject) {
                 return Err(BusError::InvalidSubject(subject));
             }
-            let mut subscriber = match queue_group {
+            let subscriber = match queue_group {
                 Some(group) => self.client.queue_subscribe(subject, group).await,
                 None => self.client.subscribe(subject).await,
             }
@@ -215,38 +267,19 @@ impl MessageBus for NatsBus {
                 }
             }
             let (sender, messages) = mpsc::channel(buffer.max(1));
-            let (stop_tx, mut stop_rx) = oneshot::channel::<oneshot::Sender<()>>();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        stopped = &mut stop_rx => {
-                            // Unsubscribe, say so (nothing new arrives after it), then
-                            // hand over what the server already sent.
-                            let _ = subscriber.drain().await;
-                            if let Ok(stopped) = stopped {
-                                let _ = stopped.send(());
-                            }
-                            while let Some(m) = subscriber.next().await {
-                                if sender.send(to_message(m)).await.is_err() {
-                                    break;
-                                }
-                            }
-                            return;
-                        }
-                        next = subscriber.next() => match next {
-                            Some(m) => {
-                                if sender.send(to_message(m)).await.is_err() {
-                                    return;
-                                }
-                            }
-                            None => return,
-                        },
-                    }
-                }
-            });
+            let dropped = Arc::new(AtomicU64::new(0));
+            let (stop_tx, stop_rx) = oneshot::channel::<oneshot::Sender<()>>();
+            tokio::spawn(forward(
+                self.client.clone(),
+                subscriber,
+                sender,
+                stop_rx,
+                dropped.clone(),
+            ));
             Ok(Subscription {
                 messages,
                 stop: Box::new(Drain(std::sync::Mutex::new(Some(stop_tx)))),
+                dropped,
             })
         }
         .boxed()
@@ -254,6 +287,92 @@ impl MessageBus for NatsBus {
 
     fn describe(&self) -> String {
         format!("nats {} ({:?})", self.url, self.client.connection_state()).to_lowercase()
+    }
+
+    fn flush(&self, within: Duration) -> BoxFuture<'_, Result<(), BusError>> {
+        async move {
+            if self.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(BusError::Unavailable(format!(
+                    "not connected to {}: messages published since the connection was lost are not delivered",
+                    self.url
+                )));
+            }
+            match tokio::time::timeout(within, self.client.flush()).await {
+                Ok(flushed) => flushed.map_err(unavailable),
+                Err(_) => Err(BusError::Unavailable(format!(
+                    "{} did not confirm the flush within {within:?}",
+                    self.url
+                ))),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Moves a subscription's messages from the client into the trigger's queue, without
+/// ever waiting on the queue: a full queue (the component's `max_in_flight` handlers
+/// busy and as many messages waiting) drops the message and counts it, so the client's
+/// own buffer stays empty and never hides an unbounded backlog. On stop, unsubscribes
+/// and hands over what the server had already sent, not waiting at all for a server
+/// that is gone and at most [`STOP_WAIT`] at a time for one that may be.
+async fn forward(
+    client: async_nats::Client,
+    mut subscriber: async_nats::Subscriber,
+    queue: mpsc::Sender<Message>,
+    mut stop: oneshot::Receiver<oneshot::Sender<()>>,
+    dropped: Arc<AtomicU64>,
+) {
+    let hand_over = |m: async_nats::Message| match queue.try_send(to_message(m)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    };
+    loop {
+        tokio::select! {
+            stopped = &mut stop => {
+                // Unsubscribe, say so (nothing new arrives after it), then hand over
+                // what the server had already sent, waiting for the handlers if need
+                // be: those messages were taken in and are not dropped. The client ends
+                // the stream once the unsubscribe is through; with the server away it
+                // never does, so each wait for the server is bounded.
+                let _ = subscriber.drain().await;
+                if let Ok(stopped) = stopped {
+                    let _ = stopped.send(());
+                }
+                // Disconnected: the server already forgot the subscription, and nothing
+                // more will come.
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    return;
+                }
+                loop {
+                    match tokio::time::timeout(STOP_WAIT, subscriber.next()).await {
+                        Ok(Some(m)) => {
+                            if queue.send(to_message(m)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(_) => {
+                            tracing::warn!(
+                                "nats: the server did not confirm an unsubscribe within {STOP_WAIT:?} (is it reachable?); stopped waiting for it"
+                            );
+                            return;
+                        }
+                    }
+                }
+            }
+            next = subscriber.next() => match next {
+                Some(m) => {
+                    if !hand_over(m) {
+                        return;
+                    }
+                }
+                None => return,
+            },
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Deploy flow, step 4: the set of live deployments, swapped atomically as a whole on
 //! every deploy and undeploy, and the triggers told about each change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -32,8 +32,34 @@ pub struct LiveSet {
     live: ArcSwap<Snapshot>,
     /// What each trigger started for the live deployment of each name.
     attachments: Mutex<HashMap<String, Vec<Attachment>>>,
-    /// Serialises writers; readers never wait for it.
+    /// Serialises swaps of the live set (held only for the swap itself, never across a
+    /// compile or a drain); readers never wait for it.
     writer: tokio::sync::Mutex<()>,
+    /// One lock per name with an operation under way, so the deploys and undeploys of
+    /// one name take effect in the order they arrived (tokio's mutex is fair) while
+    /// other names proceed in parallel.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The turn of one operation on one name; the next operation on it waits until dropped.
+struct Turn<'a> {
+    turns: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.guard.take());
+        // Nobody else holds or waits for this name's lock: forget it.
+        if turns
+            .get(&self.name)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            turns.remove(&self.name);
+        }
+    }
 }
 
 impl std::fmt::Debug for LiveSet {
@@ -53,6 +79,21 @@ impl LiveSet {
             live: ArcSwap::from_pointee(Snapshot::default()),
             attachments: Mutex::new(HashMap::new()),
             writer: tokio::sync::Mutex::new(()),
+            turns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for the operations on `name` that arrived earlier, then holds its turn.
+    async fn turn(&self, name: &str) -> Turn<'_> {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.entry(name.to_string()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        Turn {
+            turns: &self.turns,
+            name: name.to_string(),
+            guard: Some(guard),
         }
     }
 
@@ -80,7 +121,9 @@ impl LiveSet {
     }
 
     /// Deploys `wasm` as `name`, replacing any earlier version once the new one is ready.
-    /// Requests in flight finish on the version they started on.
+    /// Requests in flight finish on the version they started on. Operations on one name
+    /// take effect in the order they arrive: a deploy that arrived before an undeploy
+    /// never brings the component back after it.
     /// `spec` is validated here if it is not a [`ValidSpec`] yet.
     pub async fn deploy(
         self: &Arc<Self>,
@@ -89,6 +132,7 @@ impl LiveSet {
         wasm: bytes::Bytes,
     ) -> Result<Deployed, DeployError> {
         let spec = spec.try_into().map_err(Into::into)?;
+        let _turn = self.turn(name).await;
         // Cheap checks first, so a bad deploy fails before a long compile.
         self.check(&self.snapshot(), name, &spec)?;
 
@@ -208,15 +252,21 @@ impl LiveSet {
     }
 
     /// Removes `name`; its routes answer 404 from now on, requests in flight finish.
+    /// Returns once its subscriptions are drained; other deploys and undeploys go on
+    /// meanwhile (the drain may take a while, or wait out its bound with NATS away).
     pub async fn undeploy(&self, name: &str) -> Result<DeploymentInfo, DeployError> {
-        let _writer = self.writer.lock().await;
-        let mut by_name = self.snapshot().by_name.clone();
-        let removed = by_name
-            .remove(name)
-            .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
-        self.publish(by_name);
-        detach_all(self.replace_attachments(name, Vec::new())).await;
+        let (removed, old) = {
+            let _turn = self.turn(name).await;
+            let _writer = self.writer.lock().await;
+            let mut by_name = self.snapshot().by_name.clone();
+            let removed = by_name
+                .remove(name)
+                .ok_or_else(|| DeployError::NotFound(name.to_string()))?;
+            self.publish(by_name);
+            (removed, self.replace_attachments(name, Vec::new()))
+        };
         tracing::info!(component = name, version = %removed.version, "undeployed");
+        detach_all(old).await;
         Ok(removed.info())
     }
 
@@ -241,13 +291,20 @@ impl LiveSet {
     }
 
     /// Stops every trigger's delivery to every deployment and waits for the calls
-    /// already taken in (graceful shutdown).
-    pub async fn shutdown(&self) {
-        let all: Vec<Attachment> = {
+    /// already taken in (graceful shutdown). `draining` names the components whose
+    /// calls are still running, for the caller to report if it stops waiting.
+    pub async fn shutdown(&self, draining: &Mutex<BTreeSet<String>>) {
+        let all: Vec<(String, Vec<Attachment>)> = {
             let mut attachments = self.attachments.lock().unwrap_or_else(|e| e.into_inner());
-            attachments.drain().flat_map(|(_, a)| a).collect()
+            attachments.drain().collect()
         };
-        detach_all(all).await;
+        let lock = || draining.lock().unwrap_or_else(|e| e.into_inner());
+        lock().extend(all.iter().map(|(name, _)| name.clone()));
+        futures::future::join_all(all.into_iter().map(|(name, attachments)| async move {
+            detach_all(attachments).await;
+            lock().remove(&name);
+        }))
+        .await;
     }
 
     /// Asks every trigger whether `spec` may go live as `name` next to `live`.

@@ -102,6 +102,7 @@ impl Deployer {
             compiled,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            dropped_messages: AtomicU64::new(0),
         })
     }
 
@@ -127,6 +128,7 @@ impl Deployer {
             compiled: current.compiled,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            dropped_messages: AtomicU64::new(0),
         })
     }
 
@@ -153,6 +155,7 @@ impl Deployer {
             compiled,
             requests: AtomicU64::new(current.requests.load(Ordering::Relaxed)),
             errors: AtomicU64::new(current.errors.load(Ordering::Relaxed)),
+            dropped_messages: AtomicU64::new(current.dropped_messages.load(Ordering::Relaxed)),
         })
     }
 
@@ -200,7 +203,10 @@ fn compile(
 ) -> Result<(Component, Compiled), DeployError> {
     cache
         .compile(&engine.engine, wasm, version, Write::Now)
-        .map_err(|e| DeployError::Compile(format!("{e:#}")))
+        .map_err(|e| match e.downcast::<crate::compile::CacheWriteFailed>() {
+            Ok(cache) => DeployError::Storage(cache.to_string()),
+            Err(e) => DeployError::Compile(format!("{e:#}")),
+        })
 }
 
 /// Tells a component from a core module or something else, before compiling.

@@ -27,7 +27,17 @@ fn err(e: impl std::fmt::Display) -> KvError {
     KvError::from_display(e)
 }
 
+/// Messages the key-value connection's client buffers per subscription: a key listing
+/// streams every key of the bucket through one (async-nats's default).
+const CLIENT_BUFFER: usize = 65_536;
+
 impl NatsKv {
+    /// Key-value on a connection of its own to the server `config` names.
+    pub async fn connect(config: &crate::bus::nats::NatsConfig) -> anyhow::Result<NatsKv> {
+        let client = crate::bus::nats::connect_client(config, "key-value", CLIENT_BUFFER).await?;
+        Ok(NatsKv::new(client))
+    }
+
     /// Key-value over `client`'s JetStream.
     pub fn new(client: async_nats::Client) -> NatsKv {
         let server_version = client.server_info().version;
@@ -90,16 +100,18 @@ impl NatsKv {
     }
 }
 
-/// JetStream KV keys allow only `-/_=.a-zA-Z0-9`, and no `.` at either end. Any other
-/// byte (and `=` itself, and an outer `.`) is written `=XX`, so every key the embedded
-/// store accepts works here too, and `keys()` gives back the original names.
-fn encode_key(key: &str) -> String {
-    let last = key.len().saturating_sub(1);
+/// JetStream KV keys allow only `-/_=.a-zA-Z0-9`, with no `.` at either end and no two
+/// in a row (the key is part of a subject, whose tokens cannot be empty). Any other byte
+/// (and `=` itself, and such a `.`) is written `=XX`, so every key the embedded store
+/// accepts works here too, and `keys()` gives back the original names.
+pub(crate) fn encode_key(key: &str) -> String {
+    let bytes = key.as_bytes();
+    let last = bytes.len().saturating_sub(1);
     let mut out = String::with_capacity(key.len());
-    for (i, b) in key.bytes().enumerate() {
-        let plain = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'/' | b'_')
-            || (b == b'.' && i != 0 && i != last);
+    for (i, &b) in bytes.iter().enumerate() {
+        let dot_ok = i != 0 && i != last && bytes[i - 1] != b'.' && bytes[i + 1] != b'.';
+        let plain =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'/' | b'_') || (b == b'.' && dot_ok);
         if plain {
             out.push(b as char);
         } else {
@@ -109,7 +121,7 @@ fn encode_key(key: &str) -> String {
     out
 }
 
-fn decode_key(key: &str) -> String {
+pub(crate) fn decode_key(key: &str) -> String {
     let bytes = key.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -4,7 +4,7 @@
 //! request with NATS service-error headers.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -142,7 +142,9 @@ impl MessagingTrigger {
             let task = tokio::spawn(serve(
                 deployment.clone(),
                 self.bus.clone(),
+                sub.subject.clone(),
                 subscription.messages,
+                subscription.dropped,
                 sub.max_in_flight,
             ));
             running.push(Running {
@@ -165,15 +167,26 @@ async fn retire(old: Vec<Running>) {
     }
 }
 
-/// Pulls messages while there is room, handles each in its own task.
+/// Pulls messages while there is room, handles each in its own task, and reports the
+/// messages the bus dropped because the subscription was full.
 async fn serve(
     deployment: Arc<Deployment>,
     bus: Arc<dyn MessageBus>,
+    subject: String,
     mut messages: tokio::sync::mpsc::Receiver<Message>,
+    dropped: Arc<AtomicU64>,
     max_in_flight: u32,
 ) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight as usize));
-    while let Some(message) = messages.recv().await {
+    let mut drops = DropReport::new(&deployment, subject, dropped, max_in_flight);
+    loop {
+        let message = tokio::select! {
+            message = messages.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            () = drops.tick() => continue,
+        };
         // A wildcard subscription (`>`) on NATS also hears the broker's and the host's
         // own traffic (`$KV.` writes, `_INBOX.` replies): never another component's data.
         if reserved(&message.subject).is_some() {
@@ -190,6 +203,62 @@ async fn serve(
     }
     // Drained: wait for the handlers still running.
     let _ = in_flight.acquire_many(max_in_flight).await;
+    drops.report();
+}
+
+/// Reports, at most once a second, how many messages a subscription lost because its
+/// handlers were all busy and its queue full, and adds them to the deployment's count.
+struct DropReport {
+    deployment: Arc<Deployment>,
+    subject: String,
+    dropped: Arc<AtomicU64>,
+    reported: u64,
+    max_in_flight: u32,
+    every: tokio::time::Interval,
+}
+
+impl DropReport {
+    fn new(
+        deployment: &Arc<Deployment>,
+        subject: String,
+        dropped: Arc<AtomicU64>,
+        max_in_flight: u32,
+    ) -> DropReport {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        DropReport {
+            deployment: deployment.clone(),
+            subject,
+            dropped,
+            reported: 0,
+            max_in_flight,
+            every,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.every.tick().await;
+        self.report();
+    }
+
+    fn report(&mut self) {
+        let total = self.dropped.load(Ordering::Relaxed);
+        let new = total - self.reported;
+        if new == 0 {
+            return;
+        }
+        self.reported = total;
+        self.deployment
+            .dropped_messages
+            .fetch_add(new, Ordering::Relaxed);
+        tracing::warn!(
+            "component {} {}: dropped {new} messages on `{}` ({total} in all): all {max} handlers were busy and {max} more messages waiting (max_in_flight = {max}); raise it, or run more hosts in its queue group",
+            self.deployment.name,
+            self.deployment.version,
+            self.subject,
+            max = self.max_in_flight,
+        );
+    }
 }
 
 /// How handling one message ended.
