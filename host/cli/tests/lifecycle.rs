@@ -11,19 +11,6 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use weft_runtime::Host;
 use weft_runtime::admin::AdminLimits;
-use weft_runtime::spec::{ComponentSpec, SubscriptionSpec};
-
-fn subscriber(subject: &str) -> ComponentSpec {
-    ComponentSpec {
-        subscriptions: vec![SubscriptionSpec {
-            subject: subject.into(),
-            queue_group: None,
-            broadcast: false,
-            max_in_flight: 8,
-        }],
-        ..ComponentSpec::default()
-    }
-}
 
 /// Waits (bounded) until the host's NATS connection is no longer up.
 async fn wait_disconnected(host: &Host) {

@@ -66,18 +66,6 @@ impl Env {
     }
 }
 
-fn subscriber(subject: &str) -> ComponentSpec {
-    ComponentSpec {
-        subscriptions: vec![SubscriptionSpec {
-            subject: subject.into(),
-            queue_group: None,
-            broadcast: false,
-            max_in_flight: 16,
-        }],
-        ..ComponentSpec::default()
-    }
-}
-
 fn with_instance(mut spec: ComponentSpec, instance: &str) -> ComponentSpec {
     spec.config.insert("INSTANCE".into(), instance.into());
     spec

@@ -109,6 +109,19 @@ pub fn routes(paths: &[&str]) -> ComponentSpec {
     }
 }
 
+/// A spec subscribing to `subject` in the component's queue group, 16 messages in flight.
+pub fn subscriber(subject: &str) -> ComponentSpec {
+    ComponentSpec {
+        subscriptions: vec![weft_runtime::spec::SubscriptionSpec {
+            subject: subject.into(),
+            queue_group: None,
+            broadcast: false,
+            max_in_flight: 16,
+        }],
+        ..ComponentSpec::default()
+    }
+}
+
 /// Deploys a built test component into `host` directly.
 pub async fn deploy(host: &Host, name: &str, component: &str, spec: ComponentSpec) {
     host.deployments()
