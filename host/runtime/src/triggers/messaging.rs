@@ -180,13 +180,16 @@ async fn serve(
     let in_flight = Arc::new(Semaphore::new(max_in_flight as usize));
     let mut drops = DropReport::new(&deployment, subject, dropped, max_in_flight);
     loop {
+        // Messages first; the tick only reports drops while the subscription is idle.
         let message = tokio::select! {
+            biased;
             message = messages.recv() => match message {
                 Some(message) => message,
                 None => break,
             },
             () = drops.tick() => continue,
         };
+        drops.report_if_due();
         // A wildcard subscription (`>`) on NATS also hears the broker's and the host's
         // own traffic (`$KV.` writes, `_INBOX.` replies): never another component's data.
         if reserved(&message.subject).is_some() {
@@ -213,6 +216,7 @@ struct DropReport {
     subject: String,
     dropped: Arc<AtomicU64>,
     reported: u64,
+    last_report: Option<std::time::Instant>,
     max_in_flight: u32,
     every: tokio::time::Interval,
 }
@@ -231,6 +235,7 @@ impl DropReport {
             subject,
             dropped,
             reported: 0,
+            last_report: None,
             max_in_flight,
             every,
         }
@@ -238,6 +243,19 @@ impl DropReport {
 
     async fn tick(&mut self) {
         self.every.tick().await;
+        self.report_if_due();
+    }
+
+    /// Reports new drops unless the last report is less than a second old; one atomic
+    /// load when there are none.
+    fn report_if_due(&mut self) {
+        if self.dropped.load(Ordering::Relaxed) == self.reported {
+            return;
+        }
+        let second = std::time::Duration::from_secs(1);
+        if self.last_report.is_some_and(|at| at.elapsed() < second) {
+            return;
+        }
         self.report();
     }
 
@@ -248,6 +266,7 @@ impl DropReport {
             return;
         }
         self.reported = total;
+        self.last_report = Some(std::time::Instant::now());
         self.deployment
             .dropped_messages
             .fetch_add(new, Ordering::Relaxed);
