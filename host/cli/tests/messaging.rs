@@ -14,7 +14,7 @@ use common::*;
 use futures::StreamExt;
 use weft_runtime::Host;
 use weft_runtime::bus::{BusError, Message, MessageBus};
-use weft_runtime::spec::{ComponentSpec, SubscriptionSpec};
+use weft_runtime::spec::ComponentSpec;
 
 struct Env {
     host: Host,
