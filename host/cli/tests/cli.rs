@@ -521,3 +521,59 @@ fn a_deploy_past_the_hosts_instance_slots_warns() {
     let _ = up.child.kill();
     let _ = up.child.wait();
 }
+
+/// Nobody reads the host's stderr any more (a full pipe, a paused terminal) while a
+/// guest floods its log: log lines are dropped, and the host keeps answering, because
+/// no worker thread ever waits on a log write.
+#[test]
+fn a_stalled_stderr_never_blocks_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("faults.wasm"), wasm("faults")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"stall\"\n[components.flood]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/...\" }]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(WEFT)
+        .args(["up", manifest.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0", "--no-build"])
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read up to the address, then never again: the pipe (64 KiB) fills up.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut http = None;
+    for _ in 0..200 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(addr) = line.trim().strip_prefix("stall: serving on http://") {
+            http = Some(addr.to_string());
+            break;
+        }
+    }
+    let http = http.expect("weft up printed its address");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Each flood logs up to the burst (1,000 lines, about 100 KB) before the budget
+    // drops the rest: more than the pipe holds, again and again.
+    for round in 0..20 {
+        let answer = client
+            .get(format!("http://{http}/flood?lines=3000"))
+            .send()
+            .unwrap_or_else(|e| panic!("round {round}: the host stopped answering: {e}"));
+        assert_eq!(answer.status(), 200, "round {round}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stderr);
+}
