@@ -19,6 +19,9 @@
 //!
 //! Logging: `POST /log/<level>` logs the body through `wasi:logging` (204).
 //!
+//! Configuration: `GET /config/<key>` reads one key through `wasi:config/store` (200, or
+//! 404 if absent), `GET /config` every `key=value`, a line.
+//!
 //! Key-value: `GET|PUT|DELETE /kv/<bucket>/<key>`, `POST /kv/<bucket>/<key>/incr` (by 1),
 //! `GET /kv/<bucket>` (every key, one a line, read page by page),
 //! `POST /kv/<bucket>/<key>/many` (`get-many` of the key repeated as often as the body
@@ -147,6 +150,14 @@ impl HttpGuest for Responder {
                 Ok(m) => (200, m.body),
                 Err(e) => (502, e.into_bytes()),
             }
+        } else if path == "/config" {
+            config_all()
+        } else if let Some(key) = path.strip_prefix("/config/") {
+            match wasi::config0_2_0_draft_2024_09_27::store::get(key) {
+                Ok(Some(value)) => (200, value.into_bytes()),
+                Ok(None) => (404, format!("no config key `{key}`").into_bytes()),
+                Err(e) => (500, format!("{e:?}").into_bytes()),
+            }
         } else if let Some(rest) = path.strip_prefix("/kv/") {
             kv(&request.method(), rest, body)
         } else if let Some(level) = path.strip_prefix("/log/") {
@@ -155,6 +166,17 @@ impl HttpGuest for Responder {
             (404, b"unknown path".to_vec())
         };
         respond(out, status, &[], &answer);
+    }
+}
+
+/// Every configuration key and value, `key=value` a line, through `wasi:config/store`.
+fn config_all() -> (u16, Vec<u8>) {
+    match wasi::config0_2_0_draft_2024_09_27::store::get_all() {
+        Ok(pairs) => {
+            let lines: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            (200, lines.join("\n").into_bytes())
+        }
+        Err(e) => (500, format!("{e:?}").into_bytes()),
     }
 }
 

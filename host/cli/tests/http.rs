@@ -590,3 +590,38 @@ async fn a_body_finished_at_once_gets_a_content_length_and_a_slow_one_streams() 
     );
     assert!(!slow.text().await.unwrap().is_empty());
 }
+
+/// `wasi:config/store` (the version Spin 4's SDK imports) serves a component its own
+/// manifest `config` table, and nothing of another component's or the host's.
+#[tokio::test]
+async fn components_read_their_own_configuration_through_wasi_config() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let mut mine = routes(&["/config", "/config/..."]);
+    mine.config.insert("GREETING".into(), "hello".into());
+    mine.config.insert("LEVEL".into(), "3".into());
+    let mut theirs = routes(&["/request/..."]);
+    theirs.config.insert("SECRET".into(), "theirs-only".into());
+    deploy(&host, "mine", "responder", mine).await;
+    deploy(&host, "theirs", "responder", theirs).await;
+
+    let get = |path: &str| {
+        let url = url(&host, path);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/config/GREETING").await, (200, "hello".to_string()));
+    assert_eq!(
+        get("/config/SECRET").await.0,
+        404,
+        "another component's key"
+    );
+    assert_eq!(get("/config/PATH").await.0, 404, "the host's environment");
+    assert_eq!(
+        get("/config").await,
+        (200, "GREETING=hello\nLEVEL=3".to_string())
+    );
+    host.shutdown().await;
+}

@@ -9,6 +9,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::capabilities::config::ConfigGrant;
 use crate::capabilities::guest_log::{Tail, tail_text};
 use crate::capabilities::keyvalue::{KeyValue, KvGrant};
 use crate::capabilities::logging::LoggingGrant;
@@ -26,6 +27,7 @@ pub struct StoreData {
     outbound_http: OutboundPolicy,
     messaging: MessagingCtx,
     keyvalue: KvGrant,
+    config: ConfigGrant,
     limits: InstanceLimits,
     stderr: Tail,
     /// When the current call must end; read by the epoch callback.
@@ -105,6 +107,7 @@ impl StoreData {
             outbound_http: grants.outbound_http.for_instance(),
             messaging: MessagingCtx::new(grants.messaging.clone(), call.reply_to),
             keyvalue: grants.keyvalue.clone(),
+            config: grants.config.clone(),
             limits: InstanceLimits::new(memory_bytes),
             stderr,
             deadline: call.deadline,
@@ -127,6 +130,11 @@ impl StoreData {
     /// The logging capability's grant.
     fn logging(&mut self) -> &mut LoggingGrant {
         &mut self.logging
+    }
+
+    /// The configuration capability's grant.
+    fn config(&mut self) -> &mut ConfigGrant {
+        &mut self.config
     }
 
     /// The messaging capability's state.
@@ -190,6 +198,7 @@ pub fn add_to_linker(linker: &mut Linker<StoreData>) -> wasmtime::Result<()> {
     capabilities::outbound_http::add_to_linker(linker)?;
     capabilities::messaging::add_to_linker(linker, StoreData::messaging)?;
     capabilities::keyvalue::add_to_linker(linker, StoreData::keyvalue)?;
+    capabilities::config::add_to_linker(linker, StoreData::config)?;
     Ok(())
 }
 

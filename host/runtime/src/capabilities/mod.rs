@@ -15,6 +15,7 @@
 //! | [`outbound_http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` (`scheme://host[:port]`; never the host's own listeners, internal addresses only when named) |
 //! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` (never the reserved `$`, `_INBOX.` and `_WEFT.` namespaces) |
 //! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft) | `buckets` |
+//! | [`config`] | `wasi:config/store` (0.2.0-draft-2024-09-27, 0.2.0-rc.1) | always: its own `config` table |
 //!
 //! ## Adding a capability
 //! 1. `capabilities/NAME.rs`: the bindings (`bindgen!` on a world under `wit/`), the
@@ -30,6 +31,7 @@
 //! Tests: a unit test of the grant's rules in the module, and an end-to-end test through
 //! a real guest (a component under `components/`) that is denied without the grant.
 
+pub mod config;
 pub mod guest_log;
 pub mod keyvalue;
 pub mod logging;
@@ -70,6 +72,8 @@ pub struct Grants {
     pub messaging: messaging::MessagingGrant,
     /// Key-value: the store and the buckets it may open.
     pub keyvalue: keyvalue::KvGrant,
+    /// Configuration: its own `config` table.
+    pub config: config::ConfigGrant,
 }
 
 impl Grants {
@@ -83,6 +87,7 @@ impl Grants {
             outbound_http: outbound_http::grant(spec, &backends.listeners),
             messaging: messaging::grant(name, spec, backends.bus.clone()),
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),
+            config: config::grant(spec),
         }
     }
 }
