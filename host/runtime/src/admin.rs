@@ -187,13 +187,7 @@ impl IntoResponse for AdminError {
             AdminError::ForeignHost(_) | AdminError::ForeignOrigin(_) => StatusCode::FORBIDDEN,
             AdminError::BadSpec(_) | AdminError::Upload(_) => StatusCode::BAD_REQUEST,
             AdminError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AdminError::Busy(_) => {
-                let body = ErrorBody {
-                    error: self.to_string(),
-                };
-                let retry = [(header::RETRY_AFTER, "1")];
-                return (StatusCode::SERVICE_UNAVAILABLE, retry, Json(body)).into_response();
-            }
+            AdminError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Deploy(DeployError::NotFound(_)) => StatusCode::NOT_FOUND,
             AdminError::Deploy(DeployError::RouteConflict(_)) => StatusCode::CONFLICT,
             AdminError::Deploy(DeployError::Storage(_)) => StatusCode::INSUFFICIENT_STORAGE,
@@ -202,7 +196,13 @@ impl IntoResponse for AdminError {
         let body = ErrorBody {
             error: self.to_string(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A busy host: the deploy may simply be sent again.
+            let retry = http::HeaderValue::from_static("1");
+            response.headers_mut().insert(header::RETRY_AFTER, retry);
+        }
+        response
     }
 }
 

@@ -37,11 +37,6 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// The connection.
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
-    }
-
     /// Connects to the server (waiting up to 5 s for the first connection).
     pub async fn connect(config: &NatsConfig) -> Result<NatsBus> {
         // Each subscription's task takes messages out of the client as they come
