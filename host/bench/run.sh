@@ -44,7 +44,7 @@ fi
 
 step "Rust components (hello, echo-responder)"
 rustup target add wasm32-wasip2 >/dev/null
-cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p echo-responder
+cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p hello-p3 -p echo-responder
 
 if [ "$full" = 1 ]; then
   step "JavaScript hello (componentize-js from npm)"

@@ -67,7 +67,7 @@ pub fn deploy_times(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Re
         let (mut serve, mut cold, mut warm) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=rounds {
             // Reference: `wasmtime serve` from start to first answer (it compiles on start).
-            let (mut proc, url) = procs::wasmtime_serve("wasmtime-serve-start", path)?;
+            let (mut proc, url) = procs::wasmtime_serve("wasmtime-serve-start", path, &[])?;
             let t = procs::wait_until_ok(&mut proc, &format!("{url}/"), Duration::from_secs(300))?;
             drop(proc);
             serve.push(ms(t));
@@ -162,7 +162,7 @@ pub fn density(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<
     let empty = empty_manifest(&dir)?;
 
     // Reference: one `wasmtime serve` process serving hello, idle after one request.
-    let (mut serve, url) = procs::wasmtime_serve("wasmtime-serve-density", &wasm.hello)?;
+    let (mut serve, url) = procs::wasmtime_serve("wasmtime-serve-density", &wasm.hello, &[])?;
     let serve_start =
         procs::wait_until_ok(&mut serve, &format!("{url}/"), Duration::from_secs(60))?;
     std::thread::sleep(Duration::from_millis(500));

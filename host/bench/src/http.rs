@@ -13,17 +13,27 @@ use crate::{Settings, tools::Wasm};
 /// Requests one instance serves when the component opts into reuse.
 pub const REUSE: u32 = 1000;
 
+/// Requests one `wasi:http` 0.3 instance serves at once with concurrent reuse.
+pub const CONCURRENT: u32 = 16;
+
 /// The manifest of the throughput host: each guest twice, fresh-instance and reuse.
 pub fn manifest(wasm: &Wasm) -> String {
     let mut toml = String::from("name = \"bench\"\n");
     for (name, path, route) in [
         ("hello", &wasm.hello, "hello"),
+        ("hello-p3", &wasm.hello_p3, "p3"),
         ("js-hello", &wasm.js_hello, "js"),
         ("py-hello", &wasm.py_hello, "py"),
     ] {
         for (suffix, reuse) in [("", 1), ("-reuse", REUSE)] {
+            // Only a 0.3 guest can serve requests at once; 0.2 ones ignore the key.
+            let concurrent = if reuse > 1 && name == "hello-p3" {
+                CONCURRENT
+            } else {
+                1
+            };
             toml += &format!(
-                "[components.{name}{suffix}]\nsource = \"{}\"\nroutes = [{{ path = \"/{route}{suffix}/...\" }}]\nlimits = {{ requests_per_instance = {reuse}, max_concurrency = 1024 }}\n",
+                "[components.{name}{suffix}]\nsource = \"{}\"\nroutes = [{{ path = \"/{route}{suffix}/...\" }}]\nlimits = {{ requests_per_instance = {reuse}, max_concurrent_per_instance = {concurrent}, max_concurrency = 1024 }}\n",
                 path.display()
             );
         }
@@ -156,6 +166,67 @@ fn small_case(
     Ok(())
 }
 
+/// Hello world as a `wasi:http@0.3.0` guest: weft against `wasmtime serve` (0.3
+/// support on: `-W component-model-async`), fresh instances and each side's reuse, and
+/// against native axum and weft's own 0.2 hello.
+pub fn p3(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report) -> Result<()> {
+    let cmd = load::command_line(settings.secs, None);
+    println!("\nHTTP hello world, wasi:http 0.3 guest ({cmd}):");
+    let native = crate::native::serve_http()?;
+    let (_fresh, serve_fresh) = start_serve_with(
+        "wasmtime-serve-p3",
+        &wasm.hello_p3,
+        &["-W", "component-model-async"],
+    )?;
+    let reuse = REUSE.to_string();
+    let concurrent = CONCURRENT.to_string();
+    let (_reuse, serve_reuse) = start_serve_with(
+        "wasmtime-serve-p3-reuse",
+        &wasm.hello_p3,
+        &[
+            "-W",
+            "component-model-async",
+            "--max-instance-reuse-count",
+            &reuse,
+            "--max-instance-concurrent-reuse-count",
+            &concurrent,
+        ],
+    )?;
+    let contestants = [
+        ("native axum", format!("{native}/hello")),
+        ("wasmtime serve 0.3", format!("{serve_fresh}/hello")),
+        ("wasmtime serve 0.3 (reuse)", format!("{serve_reuse}/hello")),
+        ("weft 0.2 (fresh instance)", format!("{}/hello/", weft.http)),
+        ("weft 0.3 (fresh instance)", format!("{}/p3/", weft.http)),
+        (
+            "weft 0.3 (concurrent reuse)",
+            format!("{}/p3-reuse/", weft.http),
+        ),
+    ];
+    let contestants: Vec<Contestant> = contestants
+        .iter()
+        .map(|(label, url)| Contestant {
+            label,
+            url: url.clone(),
+        })
+        .collect();
+    let m = interleave(settings, &contestants, None)?;
+    let (native, serve, serve_reuse, p2, fresh, reuse) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
+    let (higher, lower) = (Better::Higher, Better::Lower);
+    #[rustfmt::skip]
+    report.add_rows("HTTP hello world, wasi:http 0.3 guest", &cmd, &[
+        ("fresh instance per request: throughput", "req/s", fresh.rps, "wasmtime serve 0.3", serve.rps, higher, Target::ratio_at_least(2.0)),
+        ("fresh instance per request: p99 latency", "ms", fresh.p99, "wasmtime serve 0.3", serve.p99, lower, None),
+        ("concurrent reuse: throughput", "req/s", reuse.rps, "wasmtime serve 0.3 (reuse)", serve_reuse.rps, higher, Target::ratio_at_least(2.0)),
+        ("concurrent reuse: throughput", "req/s", reuse.rps, "native axum", native.rps, higher, Target::ratio_at_least(0.8)),
+        ("concurrent reuse: p99 latency", "ms", reuse.p99, "native axum", native.p99, lower, None),
+        ("what concurrent reuse buys: throughput", "req/s", reuse.rps, "weft 0.3 (fresh instance)", fresh.rps, higher, None),
+        ("0.3 against 0.2, fresh instances: throughput", "req/s", fresh.rps, "weft 0.2 (fresh instance)", p2.rps, higher, None),
+        ("(reference) wasmtime serve 0.3: throughput", "req/s", serve.rps, "native axum", native.rps, higher, None),
+    ]);
+    Ok(())
+}
+
 /// The JavaScript and Python hello components, weft vs `wasmtime serve`.
 pub fn large(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report) -> Result<()> {
     let cmd = load::command_line(settings.secs, None);
@@ -200,7 +271,12 @@ pub fn large(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report)
 
 /// Starts `wasmtime serve` and waits for its first answer (it compiles on start).
 pub fn start_serve(name: &str, wasm: &Path) -> Result<(Proc, String)> {
-    let (mut proc, url) = procs::wasmtime_serve(name, wasm)?;
+    start_serve_with(name, wasm, &[])
+}
+
+/// [`start_serve`] with more `wasmtime serve` options.
+pub fn start_serve_with(name: &str, wasm: &Path, options: &[&str]) -> Result<(Proc, String)> {
+    let (mut proc, url) = procs::wasmtime_serve(name, wasm, options)?;
     procs::wait_until_ok(
         &mut proc,
         &format!("{url}/"),

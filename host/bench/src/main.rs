@@ -12,7 +12,8 @@
 //! tools and builds the components first.
 //!
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
-//! to target/bench), `--only SECTION,...` with sections `http`, `large`, `messaging`
+//! to target/bench), `--only SECTION,...` with sections `http` (which includes `p3`, the
+//! `wasi:http` 0.3 guest), `p3`, `large`, `messaging`
 //! (or one of its halves: `messaging-nats`, `messaging-embedded`), `deploy`, `density`.
 
 mod deploy;
@@ -79,7 +80,7 @@ fn run() -> Result<()> {
     let settings = Settings::from_args();
     // Every section but messaging runs `wasmtime serve` as its reference.
     let wasm = tools::Wasm::find(
-        ["http", "large", "deploy", "density"]
+        ["http", "p3", "large", "deploy", "density"]
             .iter()
             .any(|s| settings.wants(s)),
     )?;
@@ -98,7 +99,7 @@ fn run() -> Result<()> {
         if settings.quick { " (quick)" } else { "" }
     );
 
-    if settings.wants("http") || settings.wants("large") {
+    if settings.wants("http") || settings.wants("p3") || settings.wants("large") {
         let dir = procs::work_dir();
         let manifest = dir.join("throughput.toml");
         std::fs::write(&manifest, http::manifest(&wasm))?;
@@ -111,6 +112,9 @@ fn run() -> Result<()> {
         weft.wait_optimized()?;
         if settings.wants("http") {
             http::small(&settings, &wasm, &weft, &mut report)?;
+        }
+        if settings.wants("http") || settings.wants("p3") {
+            http::p3(&settings, &wasm, &weft, &mut report)?;
         }
         if settings.wants("large") {
             http::large(&settings, &wasm, &weft, &mut report)?;

@@ -153,11 +153,12 @@ pub fn weft_up(name: &str, manifest: &Path, cache: &Path, extra: &[&str]) -> Res
 
 /// `wasmtime serve` of the pinned version on a fresh port, with WASI CLI imports
 /// allowed (Rust std and the JS and Python runtimes import them).
-pub fn wasmtime_serve(name: &str, wasm: &Path) -> Result<(Proc, String)> {
+pub fn wasmtime_serve(name: &str, wasm: &Path, options: &[&str]) -> Result<(Proc, String)> {
     let port = free_port();
     let mut command = Command::new(crate::tools::wasmtime());
     command
         .args(["serve", "-S", "cli", "--addr", &format!("127.0.0.1:{port}")])
+        .args(options)
         .arg(wasm);
     Ok((
         Proc::spawn(name, command)?,

@@ -24,6 +24,8 @@ pub fn nats_server() -> PathBuf {
 pub struct Wasm {
     /// The Rust hello component (GET greets, POST echoes).
     pub hello: PathBuf,
+    /// The same greeting as a `wasi:http@0.3.0` service.
+    pub hello_p3: PathBuf,
     /// The Rust messaging component: answers like the native responder.
     pub echo_responder: PathBuf,
     /// The JavaScript hello component (componentize-js).
@@ -40,13 +42,14 @@ impl Wasm {
         let root = repo_root().join("target/components");
         let wasm = Wasm {
             hello: root.join("wasm32-wasip2/release/hello.wasm"),
+            hello_p3: root.join("wasm32-wasip2/release/hello_p3.wasm"),
             echo_responder: root.join("wasm32-wasip2/release/echo_responder.wasm"),
             js_hello: root.join("js/js-hello.wasm"),
             py_hello: root.join("py/py-hello.wasm"),
         };
         let mut needed = vec![&wasm.hello, &wasm.echo_responder];
         if wasmtime_serve {
-            needed.extend([&wasm.js_hello, &wasm.py_hello]);
+            needed.extend([&wasm.hello_p3, &wasm.js_hello, &wasm.py_hello]);
         }
         for path in needed {
             if !path.exists() {

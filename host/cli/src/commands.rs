@@ -69,6 +69,9 @@ pub async fn deploy(client: &AdminClient, admin_url: &str, request: DeployReques
         "already live (same version and spec)"
     };
     println!("{} {} {state}", info.name, info.version);
+    if let Some(handler) = &info.http_handler {
+        println!("  handler  {handler}");
+    }
     for route in &info.routes {
         let methods = if route.methods.is_empty() {
             "*".to_string()
@@ -101,8 +104,12 @@ pub async fn list(client: &AdminClient) -> Result<()> {
             0 => String::new(),
             n => format!("dropped_messages={n} "),
         };
+        let handler = match &d.http_handler {
+            Some(handler) => format!("handler={handler} "),
+            None => String::new(),
+        };
         println!(
-            "{:20} {:20} requests={} errors={} {dropped}{code}routes={}",
+            "{:20} {:20} requests={} errors={} {dropped}{code}{handler}routes={}",
             d.name,
             d.version.chars().take(19).collect::<String>(),
             d.requests,

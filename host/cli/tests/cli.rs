@@ -262,7 +262,7 @@ fn weft_up_with(
 }
 
 /// `wasi:logging` from a real guest: each call is one host log line at its level, with
-/// the component's name and the guest's context; a newline in the message cannot start
+/// the component's name and version and the guest's context; a newline in the message cannot start
 /// a forged line of its own.
 #[test]
 fn guest_logs_through_wasi_logging_on_one_line_each() {
@@ -288,6 +288,7 @@ fn guest_logs_through_wasi_logging_on_one_line_each() {
     assert_eq!(log("warn", "disk almost full"), 204);
     let line = up.wait_for("[logs] log responder: disk almost full");
     assert!(line.contains("WARN"), "logged at its level: {line}");
+    assert!(line.contains("version=sha256:"), "with its version: {line}");
     assert_eq!(log("error", "first\n[other] stdout: forged"), 204);
     let line = up.wait_for("[logs] log responder: first");
     assert!(

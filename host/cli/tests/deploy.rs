@@ -98,7 +98,7 @@ async fn bad_uploads_are_rejected_with_the_reason_while_the_old_version_serves()
         ),
         (
             wasm("cli-app"),
-            "does not export `wasi:http/incoming-handler`",
+            "it is a command (it exports `wasi:cli/run@0.2",
         ),
         (wasm("bad-import"), "weft-test:bad-import/missing"),
         (wasm("hello")[..1000].to_vec(), "does not compile"),

@@ -55,6 +55,10 @@ pub struct DeploymentInfo {
     /// Messages dropped because its subscriptions were full (NATS slow consumer).
     #[serde(default)]
     pub dropped_messages: u64,
+    /// The HTTP handler it exports: `wasi:http/incoming-handler@0.2` or
+    /// `wasi:http/handler@0.3.0`; none if it serves no HTTP.
+    #[serde(default)]
+    pub http_handler: Option<String>,
 }
 
 /// `GET /v1/status`: how the host is connected.

@@ -143,7 +143,7 @@ impl<P: Pre> Call<P> {
 
 /// Instantiates a spare of the deployment's export `P` in the background, if its pool
 /// wants one: the instance a later call takes instead of instantiating on its own path.
-fn prepare_spare<P: Pre>(deployment: &Arc<Deployment>) {
+pub(crate) fn prepare_spare<P: Pre>(deployment: &Arc<Deployment>) {
     if !deployment
         .export::<P>()
         .is_some_and(|entry| entry.pool.wants_spare())

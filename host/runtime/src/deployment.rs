@@ -98,12 +98,18 @@ impl Deployment {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             dropped_messages: self.dropped_messages.load(Ordering::Relaxed),
+            http_handler: crate::triggers::http::handler_kind(self).map(str::to_string),
         }
     }
 
     /// The linked export of type `P` (the one a trigger calls), if the component has it.
     pub fn export<P: Pre>(&self) -> Option<&Entry<P>> {
         self.exports.get::<P>()
+    }
+
+    /// The linked export of concrete type `L`, if the component has it.
+    pub fn linked<L: LinkedExport + 'static>(&self) -> Option<&L> {
+        self.exports.find::<L>()
     }
 }
 
@@ -151,6 +157,12 @@ impl Exports {
 
     /// The export of type `P`, if linked.
     pub fn get<P: Pre>(&self) -> Option<&Entry<P>> {
+        self.find()
+    }
+
+    /// The linked export of concrete type `L` (an [`Entry`], or a trigger's own type
+    /// around one), if linked.
+    pub fn find<L: LinkedExport + 'static>(&self) -> Option<&L> {
         self.0.iter().find_map(|e| e.as_any().downcast_ref())
     }
 
@@ -159,6 +171,34 @@ impl Exports {
     pub fn expire(&self, idle_for: Duration) -> usize {
         self.0.iter().map(|e| e.expire(idle_for)).sum()
     }
+}
+
+/// What a component exports, as a refusal to deploy it says: a command is called one.
+pub fn what_it_exports(pre: &InstancePre<StoreData>) -> String {
+    let component = pre.component();
+    let names: Vec<String> = component
+        .component_type()
+        .exports(component.engine())
+        .map(|(name, _)| name.to_string())
+        .collect();
+    if names.iter().any(|n| n.starts_with("wasi:cli/run@")) {
+        return format!(
+            "it is a command (it exports {}): it runs once and exits. Build it as a service: for HTTP, `wasi:http/proxy` (0.2, e.g. cargo-component or wstd) or `wasi:http/service` (0.3, e.g. Spin 4's SDK)",
+            quoted(&names)
+        );
+    }
+    if names.is_empty() {
+        return "it exports nothing".into();
+    }
+    format!("it exports {}", quoted(&names))
+}
+
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Why a component cannot be deployed. Each variant says what to do about it.

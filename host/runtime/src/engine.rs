@@ -116,6 +116,9 @@ pub fn build_engine(max_instances: u32, tier: Tier) -> Result<Engine> {
             Tier::Baseline => Strategy::Winch,
         })
         .epoch_interruption(true)
+        // wasi:http@0.3.0 and the other WASI 0.3 interfaces (Spin 4, wasmCloud v2):
+        // async exports and imports, streams and futures.
+        .wasm_component_model_async(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         // Map each memory's initial image copy-on-write. A slot keeps its module's image
         // between instances and the reset above restores only the pages the last

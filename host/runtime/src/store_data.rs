@@ -122,6 +122,12 @@ impl StoreData {
         store.set_epoch_deadline(1);
     }
 
+    /// Moves the deadline of an instance serving several calls at once (a 0.3 HTTP
+    /// instance) to `deadline`, if that is later: the epoch callback stops it then.
+    pub fn extend_deadline(&mut self, deadline: Instant) {
+        self.deadline = self.deadline.max(deadline);
+    }
+
     /// The key-value capability's view.
     fn keyvalue(&mut self) -> KeyValue<'_> {
         KeyValue::new(&self.keyvalue, &mut self.table)

@@ -1,4 +1,6 @@
-//! The shop's orders service (REST).
+//! The shop's orders service (REST), a `wasi:http@0.3.0` service: its HTTP comes from
+//! the `wasip3` crate, weft's key-value and messaging from `weft:platform/service-imports`.
+//! (inventory, beside it, is a 0.2 component: both generations run side by side.)
 //!
 //! - `POST /orders` `{"customer": "...", "items": [{"sku": "...", "qty": 1}]}`: validates
 //!   the body (400 naming the field), asks inventory to reserve the items over
@@ -6,28 +8,23 @@
 //!   in the `orders` bucket, publishes `shop.orders.created`, answers 201 with the order.
 //! - `GET /orders/:id` (404 when unknown), `GET /orders` (all, oldest first).
 
+// weft's capabilities, with the wit-bindgen that `wasip3` uses.
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "weft:platform/rest-service",
-    // Share weft-sdk's HTTP and I/O types, so its helpers work on this crate's requests.
-    with: {
-        "wasi:http/types@0.2.12": weft_sdk::wasi::http::types,
-        "wasi:io/error@0.2.12": weft_sdk::wasi::io::error,
-        "wasi:io/poll@0.2.12": weft_sdk::wasi::io::poll,
-        "wasi:io/streams@0.2.12": weft_sdk::wasi::io::streams,
-        "wasi:clocks/monotonic-clock@0.2.12": weft_sdk::wasi::clocks::monotonic_clock,
-    },
+    world: "weft:platform/service-imports",
     generate_all,
 });
 
-use exports::wasi::http::incoming_handler::Guest;
+use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use wasi::keyvalue::{atomics, store};
+use wasip3::http::types::{ErrorCode, Request, Response};
+use wasip3::http_compat::{http_from_wasi_request, http_into_wasi_response};
 use wasmcloud::messaging::consumer;
 use wasmcloud::messaging::types::BrokerMessage;
-use weft_sdk::http::read_body;
-use weft_sdk::wasi::http::types::{IncomingRequest, Method, ResponseOutparam};
+
+wasip3::http::service::export!(Orders);
 
 const BUCKET: &str = "orders";
 const RESERVE: &str = "shop.inventory.reserve";
@@ -49,22 +46,25 @@ struct Order {
 
 struct Orders;
 
-impl Guest for Orders {
-    fn handle(request: IncomingRequest, out: ResponseOutparam) {
-        let path = request.path_with_query().unwrap_or_default();
-        let path = path
-            .split('?')
-            .next()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-            .to_string();
-        let (status, body) = match (request.method(), path.strip_prefix("/orders")) {
-            (Method::Post, Some("")) => create(&read_body(&request).unwrap_or_default()),
-            (Method::Get, Some("")) => list(),
-            (Method::Get, Some(id)) => get(id.trim_start_matches('/')),
+impl wasip3::exports::http::handler::Guest for Orders {
+    async fn handle(request: Request) -> Result<Response, ErrorCode> {
+        let (parts, body) = http_from_wasi_request(request)?.into_parts();
+        let path = parts.uri.path().trim_end_matches('/').to_string();
+        let (status, body) = match (parts.method, path.strip_prefix("/orders")) {
+            (http::Method::POST, Some("")) => {
+                let body = body.collect().await?.to_bytes();
+                create(&body)
+            }
+            (http::Method::GET, Some("")) => list(),
+            (http::Method::GET, Some(id)) => get(id.trim_start_matches('/')),
             _ => (404, json!({ "error": "not found" })),
         };
-        respond(out, status, &body);
+        let response = http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(body.to_string())))
+            .map_err(|e| ErrorCode::InternalError(Some(e.to_string())))?;
+        http_into_wasi_response(response)
     }
 }
 
@@ -197,14 +197,3 @@ fn list() -> (u16, Value) {
     }
     (200, Value::Array(orders))
 }
-
-fn respond(out: ResponseOutparam, status: u16, body: &Value) {
-    weft_sdk::http::respond(
-        out,
-        status,
-        &[("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    );
-}
-
-export!(Orders);

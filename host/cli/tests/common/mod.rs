@@ -21,6 +21,8 @@ const COMPONENTS: &[&str] = &[
     "bad-import",
     "cli-app",
     "responder",
+    "spin-app",
+    "wstd-app",
     "orders",
     "inventory",
 ];

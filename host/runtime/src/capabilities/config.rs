@@ -1,7 +1,8 @@
 //! Host capability `wasi:config/store`, at the versions components import today
 //! (`0.2.0-draft-2024-09-27`, Spin 4's SDK; `0.2.0-rc.1`, wasmtime's `wasi-config`):
 //! a component reads its own manifest `config` table, the same values it also gets as
-//! environment variables. Always granted: the table is the component's own, and holds
+//! environment variables; Spin's `spin:variables@3.0.0` reads the same table. Always
+//! granted: the table is the component's own, and holds
 //! nothing of another's.
 
 use std::collections::BTreeMap;
@@ -15,6 +16,13 @@ mod draft {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "wasi:config/imports@0.2.0-draft-2024-09-27",
+    });
+}
+
+mod spin {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "spin:variables/imports@3.0.0",
     });
 }
 
@@ -64,7 +72,25 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> &mut ConfigGrant,
 ) -> wasmtime::Result<()> {
     draft::wasi::config0_2_0_draft_2024_09_27::store::add_to_linker::<T, Config>(linker, get)?;
-    rc1::wasi::config0_2_0_rc_1::store::add_to_linker::<T, Config>(linker, get)
+    rc1::wasi::config0_2_0_rc_1::store::add_to_linker::<T, Config>(linker, get)?;
+    spin::spin::variables::variables::add_to_linker::<T, Config>(linker, get)
+}
+
+impl spin::spin::variables::variables::Host for ConfigGrant {}
+
+/// Spin's `variables.get` is `async` in WIT; it answers at once from the table. A Spin
+/// variable's name is its `config` key, as written (Spin names are lower case).
+impl<T: Send> spin::spin::variables::variables::HostWithStore<T> for Config {
+    async fn get(
+        accessor: &wasmtime::component::Accessor<T, Self>,
+        name: String,
+    ) -> Result<String, spin::spin::variables::variables::Error> {
+        accessor.with(|mut access| access.get().get(&name)).ok_or(
+            spin::spin::variables::variables::Error::Undefined(format!(
+                "no variable `{name}`: add it to the component's `config` table"
+            )),
+        )
+    }
 }
 
 impl draft::wasi::config0_2_0_draft_2024_09_27::store::Host for ConfigGrant {

@@ -1,5 +1,6 @@
 //! Host capability `wasi:logging/logging@0.1.0-draft`: a guest's log messages become host
-//! log lines at their level, prefixed with the component's name, like its stdout and
+//! log lines at their level, prefixed with the component's name (the line's `version`
+//! field carries its version), like its stdout and
 //! stderr ([`super::guest_log`]). Always granted, and bounded: a message or context is
 //! cut at a fixed length, and control characters (newlines included) become spaces, so
 //! one call is one log line and a guest cannot forge the lines of another.
@@ -26,13 +27,15 @@ pub const MAX_CONTEXT: usize = 256;
 #[derive(Debug, Clone)]
 pub struct LoggingGrant {
     component: Arc<str>,
+    version: Arc<str>,
     budget: Arc<LogBudget>,
 }
 
-/// The logging grant of component `name`, drawing on its log `budget`.
-pub fn grant(name: &str, budget: &Arc<LogBudget>) -> LoggingGrant {
+/// The logging grant of `version` of component `name`, drawing on its log `budget`.
+pub fn grant(name: &str, version: &str, budget: &Arc<LogBudget>) -> LoggingGrant {
     LoggingGrant {
         component: name.into(),
+        version: version.into(),
         budget: budget.clone(),
     }
 }
@@ -82,13 +85,16 @@ impl logging::Host for LoggingGrant {
         } else {
             format!("[{component}] log {context}: {message}")
         };
+        let version = &*self.version;
         match level {
-            Level::Trace => tracing::trace!(target: "weft::guest", "{line}"),
-            Level::Debug => tracing::debug!(target: "weft::guest", "{line}"),
-            Level::Info => tracing::info!(target: "weft::guest", "{line}"),
-            Level::Warn => tracing::warn!(target: "weft::guest", "{line}"),
-            Level::Error => tracing::error!(target: "weft::guest", "{line}"),
-            Level::Critical => tracing::error!(target: "weft::guest", "critical: {line}"),
+            Level::Trace => tracing::trace!(target: "weft::guest", version = %version, "{line}"),
+            Level::Debug => tracing::debug!(target: "weft::guest", version = %version, "{line}"),
+            Level::Info => tracing::info!(target: "weft::guest", version = %version, "{line}"),
+            Level::Warn => tracing::warn!(target: "weft::guest", version = %version, "{line}"),
+            Level::Error => tracing::error!(target: "weft::guest", version = %version, "{line}"),
+            Level::Critical => {
+                tracing::error!(target: "weft::guest", version = %version, "critical: {line}")
+            }
         }
     }
 }

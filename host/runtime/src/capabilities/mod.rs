@@ -9,13 +9,13 @@
 //!
 //! | module | imports | grant (spec field) |
 //! |---|---|---|
-//! | [`wasi`] | all of WASI 0.2 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...) | `config` (environment); nothing else: no files, no sockets |
+//! | [`wasi`] | all of WASI 0.2 and 0.3 (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`, ...) | `config` (environment); nothing else: no files, no sockets |
 //! | [`guest_log`] | stdout and stderr of `wasi:cli` | always: each line is logged |
 //! | [`logging`] | `wasi:logging/logging` (0.1.0-draft) | always: each call is one log line at its level |
-//! | [`outbound_http`] | `wasi:http/outgoing-handler` | `allowed_outbound_hosts` (`scheme://host[:port]`; never the host's own listeners, internal addresses only when named) |
+//! | [`outbound_http`] | `wasi:http/outgoing-handler` (0.2), `wasi:http/client` (0.3) | `allowed_outbound_hosts` (`scheme://host[:port]`; never the host's own listeners, internal addresses only when named) |
 //! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` (never the reserved `$`, `_INBOX.` and `_WEFT.` namespaces) |
-//! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft) | `buckets` |
-//! | [`config`] | `wasi:config/store` (0.2.0-draft-2024-09-27, 0.2.0-rc.1) | always: its own `config` table |
+//! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft, 0.2.0-draft2), `spin:key-value` (3.0.0) | `buckets` |
+//! | [`config`] | `wasi:config/store` (0.2.0-draft-2024-09-27, 0.2.0-rc.1), `spin:variables` (3.0.0) | always: its own `config` table |
 //!
 //! ## Adding a capability
 //! 1. `capabilities/NAME.rs`: the bindings (`bindgen!` on a world under `wit/`), the
@@ -42,6 +42,46 @@ pub mod wasi;
 use std::sync::Arc;
 
 use crate::bus::MessageBus;
+
+/// Every package a guest may import, with the versions this host serves: what a deploy
+/// that imports anything else is told (see README, "What a guest gets").
+pub const INTERFACES: &[(&str, &str)] = &[
+    ("wasi:cli", "0.2.x and 0.3.0"),
+    ("wasi:clocks", "0.2.x and 0.3.0"),
+    (
+        "wasi:filesystem",
+        "0.2.x and 0.3.0 (no directory is preopened)",
+    ),
+    ("wasi:http", "0.2.x and 0.3.0"),
+    ("wasi:io", "0.2.x"),
+    ("wasi:random", "0.2.x and 0.3.0"),
+    ("wasi:sockets", "0.2.x and 0.3.0 (no address is granted)"),
+    ("wasi:keyvalue", "0.2.0-draft and 0.2.0-draft2"),
+    ("wasi:config", "0.2.0-draft-2024-09-27 and 0.2.0-rc.1"),
+    ("wasi:logging", "0.1.0-draft"),
+    ("wasmcloud:messaging", "0.2.0"),
+    ("spin:key-value", "3.0.0"),
+    ("spin:variables", "3.0.0"),
+];
+
+/// What to tell a deploy whose component imports `name` (`wasi:http/types@0.3.0-rc-...`),
+/// which the linker did not find: the versions this host serves of its package, or
+/// that it serves no such package.
+pub fn explain_unknown_import(name: &str) -> String {
+    let package = name.split(['/', '@']).next().unwrap_or(name);
+    match INTERFACES.iter().find(|(p, _)| *p == package) {
+        Some((_, versions)) => format!(
+            "`{name}`: this host serves `{package}` at {versions}; rebuild the component against one of those versions"
+        ),
+        None => {
+            let all: Vec<&str> = INTERFACES.iter().map(|(p, _)| *p).collect();
+            format!(
+                "`{name}`: this host has no `{package}`; it serves {}",
+                all.join(", ")
+            )
+        }
+    }
+}
 use crate::kv::KvStore;
 use crate::spec::ValidSpec;
 
@@ -77,17 +117,39 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// The grants of component `name` under `spec`, on the host's `backends`.
-    pub fn new(name: &str, spec: &ValidSpec, backends: &Backends) -> Grants {
+    /// The grants of version `version` of component `name` under `spec`, on the host's
+    /// `backends`.
+    pub fn new(name: &str, version: &str, spec: &ValidSpec, backends: &Backends) -> Grants {
         let log_budget = guest_log::LogBudget::new(name);
         Grants {
             component: name.into(),
             wasi: wasi::grant(name, spec, &log_budget),
-            logging: logging::grant(name, &log_budget),
+            logging: logging::grant(name, version, &log_budget),
             outbound_http: outbound_http::grant(spec, &backends.listeners),
             messaging: messaging::grant(name, spec, backends.bus.clone()),
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),
             config: config::grant(spec),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain_unknown_import;
+
+    #[test]
+    fn an_unknown_import_is_named_with_the_versions_served() {
+        let rc = explain_unknown_import("wasi:http/types@0.3.0-rc-2025-09-16");
+        assert!(
+            rc.contains("`wasi:http/types@0.3.0-rc-2025-09-16`")
+                && rc.contains("serves `wasi:http` at 0.2.x and 0.3.0")
+                && rc.contains("rebuild"),
+            "{rc}"
+        );
+        let unknown = explain_unknown_import("fermyon:spin/llm@2.0.0");
+        assert!(
+            unknown.contains("has no `fermyon:spin`") && unknown.contains("spin:key-value"),
+            "{unknown}"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Host capability: all of WASI 0.2, linked so components from any toolchain load, but
+//! Host capability: all of WASI 0.2 and 0.3, linked so components from any toolchain load, but
 //! granting nothing beyond the manifest's `config` as environment variables: no
 //! preopened directories, no sockets, no host environment. stdout and stderr go to the
 //! host's log ([`super::guest_log`]).
@@ -45,7 +45,9 @@ impl WasiGrant {
     }
 }
 
-/// Adds all of WASI 0.2 to the linker.
+/// Adds all of WASI 0.2 and 0.3 to the linker: both read the same context, so a 0.3
+/// guest is granted exactly what a 0.2 guest is.
 pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    wasmtime_wasi::p2::add_to_linker_async(linker)
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi::p3::add_to_linker(linker)
 }

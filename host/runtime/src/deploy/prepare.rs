@@ -89,8 +89,8 @@ impl Deployer {
         let exports = self.link_exports(&pre, &spec, &engine.idle_budget)?;
         Ok(Deployment {
             name: name.to_string(),
+            grants: Grants::new(name, &version, &spec, &self.backends),
             version,
-            grants: Grants::new(name, &spec, &self.backends),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
             spec,
             component,
@@ -116,7 +116,7 @@ impl Deployer {
         Ok(Deployment {
             name: current.name.clone(),
             version: current.version.clone(),
-            grants: Grants::new(&current.name, &spec, &self.backends),
+            grants: Grants::new(&current.name, &current.version, &spec, &self.backends),
             concurrency: Arc::new(Semaphore::new(spec.limits.max_concurrency as usize)),
             spec,
             component: current.component.clone(),
@@ -179,20 +179,27 @@ impl Deployer {
                 .map(|t| format!("`{}`", t.export()))
                 .collect();
             return Err(DeployError::WrongWorld(format!(
-                "the component exports none of {}: it is not a service",
-                exports.join(", ")
+                "the component exports none of {}, so nothing can call it: {}",
+                exports.join(", "),
+                crate::deployment::what_it_exports(pre)
             )));
         }
         Ok(Exports::new(linked))
     }
 }
 
-/// Resolves `component`'s imports with `engine`'s linker.
+/// Resolves `component`'s imports with `engine`'s linker. An import it lacks is named
+/// with the versions the host serves of its package.
 fn link(engine: &TierEngine, component: &Component) -> Result<InstancePre<StoreData>, DeployError> {
-    engine
-        .linker
-        .instantiate_pre(component)
-        .map_err(|e| DeployError::UnknownImport(format!("{e:#}")))
+    engine.linker.instantiate_pre(component).map_err(|e| {
+        let message = format!("{e:#}");
+        // "component imports instance `NAME`, but a matching implementation was not found"
+        let named = message.split('`').nth(1).filter(|n| n.contains(':'));
+        DeployError::UnknownImport(match named {
+            Some(name) => crate::capabilities::explain_unknown_import(name),
+            None => message,
+        })
+    })
 }
 
 fn compile(

@@ -91,6 +91,12 @@ pub struct Limits {
     /// request it completed, never by two requests at once, and never after a trap or
     /// a missed deadline. Guest globals then survive from one request to the next.
     pub requests_per_instance: u32,
+    /// Requests one instance of a `wasi:http@0.3.0` component serves at once. The
+    /// default, 1, serves one at a time; more lets an async guest overlap requests that
+    /// wait on I/O (take `requests_per_instance` above 1 too, or each instance still
+    /// serves one request in all). A trap ends the instance and every request it was
+    /// serving. 0.2 components cannot serve two requests at once and ignore it.
+    pub max_concurrent_per_instance: u32,
     /// Largest value the guest may store in a key-value bucket, in bytes (larger: an
     /// error). The default is NATS's default message size.
     pub kv_max_value_bytes: u64,
@@ -111,6 +117,7 @@ impl Default for Limits {
             max_concurrency: 256,
             max_body_bytes: 10 * 1024 * 1024,
             requests_per_instance: 1,
+            max_concurrent_per_instance: 1,
             kv_max_value_bytes: 1024 * 1024,
             kv_max_batch_keys: 1000,
             kv_max_batch_bytes: 16 * 1024 * 1024,
@@ -203,6 +210,10 @@ impl ComponentSpec {
             (
                 "limits.max_outbound_requests",
                 u64::from(l.max_outbound_requests),
+            ),
+            (
+                "limits.max_concurrent_per_instance",
+                u64::from(l.max_concurrent_per_instance),
             ),
         ] {
             if value == 0 {

@@ -2,6 +2,7 @@
 //! (route, body and concurrency limits), runs through the call path in a fresh instance
 //! and becomes a response. Routing (step 2) is `router.rs`.
 
+pub mod p3;
 pub mod router;
 
 use std::pin::Pin;
@@ -47,9 +48,26 @@ impl Pre for ProxyPre<StoreData> {
 
 /// Idle HTTP instances (kept or spare) of `deployment` right now.
 pub fn idle_instances(deployment: &Deployment) -> usize {
-    deployment
-        .export::<ProxyPre<StoreData>>()
-        .map_or(0, |e| e.pool.idle())
+    match deployment.linked::<p3::ServiceExport>() {
+        Some(service) => service.idle(),
+        None => deployment
+            .export::<ProxyPre<StoreData>>()
+            .map_or(0, |e| e.pool.idle()),
+    }
+}
+
+/// The 0.2 handler, as a deploy shows it.
+pub const P2_HANDLER: &str = "wasi:http/incoming-handler@0.2";
+
+/// Which HTTP handler `deployment` exports, if any: [`P2_HANDLER`] or [`p3::HANDLER`].
+pub fn handler_kind(deployment: &Deployment) -> Option<&'static str> {
+    if deployment.export::<ProxyPre<StoreData>>().is_some() {
+        Some(P2_HANDLER)
+    } else if deployment.linked::<p3::ServiceExport>().is_some() {
+        Some(p3::HANDLER)
+    } else {
+        None
+    }
 }
 
 /// The HTTP trigger: the route table of every live deployment, rebuilt whenever the live
@@ -75,11 +93,11 @@ impl HttpTrigger {
 
 impl Trigger for HttpTrigger {
     fn export(&self) -> &'static str {
-        "wasi:http/incoming-handler"
+        "wasi:http/incoming-handler@0.2 or wasi:http/handler@0.3.0"
     }
 
-    /// The component's `wasi:http/incoming-handler`, with a pool of up to one idle
-    /// instance per request it may run at once.
+    /// The component's `wasi:http/incoming-handler` (0.2), with a pool of up to one
+    /// idle instance per request it may run at once, or its `wasi:http/handler` (0.3).
     fn link(
         &self,
         pre: &InstancePre<StoreData>,
@@ -87,10 +105,14 @@ impl Trigger for HttpTrigger {
         budget: &Arc<IdleBudget>,
     ) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
         let Ok(pre) = ProxyPre::new(pre.clone()) else {
+            if let Some(service) = p3::ServiceExport::link(pre, spec, budget) {
+                return Ok(Some(Box::new(service)));
+            }
             if !spec.routes.is_empty() {
-                return Err(DeployError::WrongWorld(
-                    "the component does not export `wasi:http/incoming-handler` (the `wasi:http/proxy` world), so it cannot serve HTTP routes".into(),
-                ));
+                return Err(DeployError::WrongWorld(format!(
+                    "the component exports no HTTP handler, so it cannot serve HTTP routes (weft serves `wasi:http/incoming-handler@0.2.x`, the `wasi:http/proxy` world, and `wasi:http/handler@0.3.0`, the `wasi:http/service` world): {}",
+                    crate::deployment::what_it_exports(pre)
+                )));
             }
             return Ok(None);
         };
@@ -255,6 +277,9 @@ pub async fn dispatch(
         remaining: limit,
         exceeded: exceeded.clone(),
     });
+    if let Some(service) = deployment.linked::<p3::ServiceExport>() {
+        return p3::dispatch(deployment, service, request, exceeded, permit).await;
+    }
     // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
     // store, instantiated in `run`; then the next spare, if the pool wants one.
     let Some(mut call) = Call::<ProxyPre<StoreData>>::begin(deployment, None) else {

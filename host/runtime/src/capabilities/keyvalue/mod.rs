@@ -1,4 +1,6 @@
-//! Host capability `wasi:keyvalue@0.2.0-draft` (`store`, `atomics`, `batch`): a guest may
+//! Host capability `wasi:keyvalue@0.2.0-draft` (`store`, `atomics`, `batch`), beside
+//! `0.2.0-draft2` with compare-and-swap ([`draft2`]) and Spin's `spin:key-value@3.0.0`
+//! ([`spin`]), all three onto the same grant: a guest may
 //! open only the buckets its manifest entry lists; anything else is `access-denied`.
 //! The data lives in the host's [`KvStore`] backend (`crate::kv`).
 //!
@@ -8,11 +10,14 @@
 //! and `limits.kv_max_batch_bytes` of values, and `list-keys` pages of [`PAGE`] keys
 //! read page by page. Exceeding a bound is an `other` error naming it, never a trap.
 
+mod draft2;
+mod spin;
+
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::kv::{KvError, KvStore};
+use crate::kv::{KeyPage, KvError, KvStore};
 use crate::spec::ValidSpec;
 
 mod bindings {
@@ -72,6 +77,48 @@ pub fn grant(spec: &ValidSpec, store: Arc<dyn KvStore>) -> KvGrant {
 }
 
 impl KvGrant {
+    /// Whether the component may open `bucket`: the one check of every interface's
+    /// `open`.
+    pub(super) fn may_open(&self, bucket: &str) -> bool {
+        self.buckets.iter().any(|b| b == bucket)
+    }
+
+    /// The value of `key` in `bucket`.
+    async fn get(&self, bucket: String, key: String) -> Result<Option<Vec<u8>>, Error> {
+        KvGrant::check_key(&key)?;
+        let value = self.store.get(bucket, key).await.map_err(other)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    /// Sets `key` in `bucket`, within the value limit.
+    async fn set(&self, bucket: String, key: String, value: Vec<u8>) -> Result<(), Error> {
+        KvGrant::check_key(&key)?;
+        self.check_value(&key, value.len())?;
+        self.store
+            .set(bucket, key, value.into())
+            .await
+            .map_err(other)
+    }
+
+    /// Removes `key` from `bucket`.
+    async fn delete(&self, bucket: String, key: String) -> Result<(), Error> {
+        KvGrant::check_key(&key)?;
+        self.store.delete(bucket, key).await.map_err(other)
+    }
+
+    /// A page of at most `limit` keys after `after`.
+    async fn keys_after(
+        &self,
+        bucket: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<KeyPage, Error> {
+        self.store
+            .keys_after(bucket, after, limit)
+            .await
+            .map_err(other)
+    }
+
     fn check_key(key: &str) -> Result<(), Error> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(Error::Other(format!(
@@ -147,7 +194,9 @@ pub fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     store::add_to_linker::<T, WasiKeyValue>(linker, get)?;
     atomics::add_to_linker::<T, WasiKeyValue>(linker, get)?;
-    batch::add_to_linker::<T, WasiKeyValue>(linker, get)
+    batch::add_to_linker::<T, WasiKeyValue>(linker, get)?;
+    draft2::add_to_linker(linker, get)?;
+    spin::add_to_linker(linker, get)
 }
 
 fn other(e: KvError) -> Error {
@@ -160,7 +209,7 @@ fn table_error(e: wasmtime::component::ResourceTableError) -> Error {
 
 impl store::Host for KeyValue<'_> {
     async fn open(&mut self, identifier: String) -> Result<Resource<Bucket>, Error> {
-        if !self.grant.buckets.contains(&identifier) {
+        if !self.grant.may_open(&identifier) {
             return Err(Error::AccessDenied);
         }
         self.table
@@ -178,15 +227,8 @@ impl store::HostBucket for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key: String,
     ) -> Result<Option<Vec<u8>>, Error> {
-        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
-        Ok(self
-            .grant
-            .store
-            .get(name, key)
-            .await
-            .map_err(other)?
-            .map(|v| v.to_vec()))
+        self.grant.get(name, key).await
     }
 
     async fn set(
@@ -195,32 +237,18 @@ impl store::HostBucket for KeyValue<'_> {
         key: String,
         value: Vec<u8>,
     ) -> Result<(), Error> {
-        KvGrant::check_key(&key)?;
-        self.grant.check_value(&key, value.len())?;
         let name = self.bucket(&bucket)?;
-        self.grant
-            .store
-            .set(name, key, value.into())
-            .await
-            .map_err(other)
+        self.grant.set(name, key, value).await
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Result<(), Error> {
-        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
-        self.grant.store.delete(name, key).await.map_err(other)
+        self.grant.delete(name, key).await
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Result<bool, Error> {
-        KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
-        Ok(self
-            .grant
-            .store
-            .get(name, key)
-            .await
-            .map_err(other)?
-            .is_some())
+        Ok(self.grant.get(name, key).await?.is_some())
     }
 
     async fn list_keys(
@@ -242,12 +270,7 @@ impl store::HostBucket for KeyValue<'_> {
                 }
             },
         };
-        let page = self
-            .grant
-            .store
-            .keys_after(name, after, PAGE)
-            .await
-            .map_err(other)?;
+        let page = self.grant.keys_after(name, after, PAGE).await?;
         let open = self.table.get_mut(&bucket).map_err(table_error)?;
         let cursor = match (page.more, page.keys.last()) {
             (true, Some(last)) => {
