@@ -173,10 +173,18 @@ pub fn p3(settings: &Settings, wasm: &Wasm, weft: &Weft, report: &mut Report) ->
     let cmd = load::command_line(settings.secs, None);
     println!("\nHTTP hello world, wasi:http 0.3 guest ({cmd}):");
     let native = crate::native::serve_http()?;
+    // serve reuses 0.3 instances by default (128 requests, 16 at once): fresh is asked for.
     let (_fresh, serve_fresh) = start_serve_with(
         "wasmtime-serve-p3",
         &wasm.hello_p3,
-        &["-W", "component-model-async"],
+        &[
+            "-W",
+            "component-model-async",
+            "--max-instance-reuse-count",
+            "1",
+            "--max-instance-concurrent-reuse-count",
+            "1",
+        ],
     )?;
     let reuse = REUSE.to_string();
     let concurrent = CONCURRENT.to_string();

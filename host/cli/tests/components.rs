@@ -39,21 +39,48 @@ fn write_manifest(dir: &std::path::Path, limits: &str) -> (std::path::PathBuf, s
     (manifest, wasm_path)
 }
 
-/// `weft deploy spin-app` with the manifest, as a user runs it; its stdout.
-async fn weft_deploy(host: &weft_runtime::Host, manifest: &std::path::Path) -> String {
+/// `weft ARGS --admin HOST`, as a user runs it; its stdout. It must succeed.
+async fn weft(host: &weft_runtime::Host, args: &[&str]) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["deploy", "spin-app", "--manifest"])
-        .arg(manifest)
+        .args(args)
         .args(["--admin", &admin_url(host, "")])
         .output()
         .await
         .unwrap();
     assert!(
         out.status.success(),
-        "weft deploy: {}",
+        "weft {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `weft deploy spin-app` with the manifest; its stdout.
+async fn weft_deploy(host: &weft_runtime::Host, manifest: &std::path::Path) -> String {
+    weft(
+        host,
+        &[
+            "deploy",
+            "spin-app",
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ],
+    )
+    .await
+}
+
+/// `weft deploy NAME --wasm WASM --route ROUTE` of `wasm` written to `dir`; its stdout.
+async fn weft_deploy_wasm(
+    host: &weft_runtime::Host,
+    dir: &std::path::Path,
+    name: &str,
+    wasm: &[u8],
+    route: &str,
+) -> String {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wasm).unwrap();
+    let path = path.to_str().unwrap();
+    weft(host, &["deploy", name, "--wasm", path, "--route", route]).await
 }
 
 async fn get(host: &weft_runtime::Host, path: &str) -> (StatusCode, String) {
@@ -80,12 +107,7 @@ async fn a_spin_4_component_deploys_with_weft_deploy_and_answers() {
         deployed.contains("handler  wasi:http/handler@0.3.0"),
         "the deploy says which handler it found: {deployed}"
     );
-    let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["list", "--admin", &admin_url(&host, "")])
-        .output()
-        .await
-        .unwrap();
-    let listed = String::from_utf8_lossy(&listed.stdout);
+    let listed = weft(&host, &["list"]).await;
     assert!(
         listed.contains("handler=wasi:http/handler@0.3.0"),
         "{listed}"
@@ -364,21 +386,14 @@ async fn compare_and_swap_is_atomic_under_contention_on_nats() {
 async fn a_wstd_component_deploys_with_weft_deploy_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let host = start_host(dir.path()).await;
-    let path = dir.path().join("wstd_app.wasm");
-    std::fs::write(&path, wasm("wstd-app")).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["deploy", "wstd-app", "--wasm"])
-        .arg(&path)
-        .args(["--route", "/wstd/...", "--admin", &admin_url(&host, "")])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = weft_deploy_wasm(
+        &host,
+        dir.path(),
+        "wstd-app",
+        &wasm("wstd-app"),
+        "/wstd/...",
+    )
+    .await;
     assert!(
         stdout.contains("handler  wasi:http/incoming-handler@0.2"),
         "{stdout}"
@@ -408,18 +423,7 @@ fn py_p3_wasm() -> Option<Vec<u8>> {
     static BUILT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     let path = BUILT.get_or_init(|| {
         let root = workspace_root();
-        let found = std::process::Command::new("componentize-py")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "componentize-py is missing (.ci/run installs it)"
-            );
-            eprintln!(
-                "\n*** SKIPPED: componentize-py is missing; pip install componentize-py==0.25.1 to run the Python 0.3 test ***\n"
-            );
+        if !tool_available("componentize-py", "pip install componentize-py==0.25.1") {
             return None;
         }
         let out = root.join("target/components/py/py-p3.wasm");
@@ -443,21 +447,7 @@ async fn a_python_0_3_component_deploys_with_weft_deploy_and_answers() {
     };
     let dir = tempfile::tempdir().unwrap();
     let host = start_host(dir.path()).await;
-    let path = dir.path().join("py_p3.wasm");
-    std::fs::write(&path, wasm).unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["deploy", "py-p3", "--wasm"])
-        .arg(&path)
-        .args(["--route", "/py3/...", "--admin", &admin_url(&host, "")])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = weft_deploy_wasm(&host, dir.path(), "py-p3", &wasm, "/py3/...").await;
     assert!(
         stdout.contains("handler  wasi:http/handler@0.3.0"),
         "{stdout}"

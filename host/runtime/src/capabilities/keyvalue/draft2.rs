@@ -9,7 +9,7 @@
 //!   so it is atomic against `swap` and other increments on either backend.
 //! - `list-keys` cursors are the last key of the previous page.
 
-use wasmtime::component::{HasData, Linker, Resource};
+use wasmtime::component::Resource;
 
 use super::{KeyValue, KvGrant, MAX_KEY_BYTES, PAGE};
 
@@ -25,7 +25,7 @@ mod bindings {
     });
 }
 
-use bindings::wasi::keyvalue::{atomics, batch, store};
+pub(super) use bindings::wasi::keyvalue::{atomics, batch, store};
 use store::{Error, KeyResponse};
 
 /// An open bucket of this version.
@@ -44,23 +44,6 @@ pub struct Cas {
 
 /// Attempts of one `increment` before it reports contention.
 const INCREMENT_ATTEMPTS: usize = 1000;
-
-struct Draft2;
-
-impl HasData for Draft2 {
-    type Data<'a> = KeyValue<'a>;
-}
-
-/// Adds `wasi:keyvalue@0.2.0-draft2` to the linker; `get` gives the view of a store's
-/// data.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> KeyValue<'_>,
-) -> wasmtime::Result<()> {
-    store::add_to_linker::<T, Draft2>(linker, get)?;
-    atomics::add_to_linker::<T, Draft2>(linker, get)?;
-    batch::add_to_linker::<T, Draft2>(linker, get)
-}
 
 fn error(e: super::Error) -> Error {
     match e {
@@ -284,21 +267,8 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, Error> {
-        self.grant.check_batch(keys.len()).map_err(error)?;
         let name = self.draft2_bucket(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        let mut bytes = 0u64;
-        for key in keys {
-            let value = self
-                .grant
-                .get(name.clone(), key.clone())
-                .await
-                .map_err(error)?;
-            bytes += value.as_ref().map_or(0, |v| v.len() as u64);
-            self.grant.check_batch_bytes(bytes).map_err(error)?;
-            values.push((key, value));
-        }
-        Ok(values)
+        self.grant.get_many(name, keys).await.map_err(error)
     }
 
     async fn set_many(
@@ -306,21 +276,8 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
-        self.grant.check_batch(key_values.len()).map_err(error)?;
-        for (key, value) in &key_values {
-            KvGrant::check_key(key).map_err(error)?;
-            self.grant.check_value(key, value.len()).map_err(error)?;
-        }
-        let bytes = key_values.iter().map(|(_, v)| v.len() as u64).sum();
-        self.grant.check_batch_bytes(bytes).map_err(error)?;
         let name = self.draft2_bucket(&bucket)?;
-        for (key, value) in key_values {
-            self.grant
-                .set(name.clone(), key, value)
-                .await
-                .map_err(error)?;
-        }
-        Ok(())
+        self.grant.set_many(name, key_values).await.map_err(error)
     }
 
     async fn delete_many(
@@ -328,11 +285,7 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<(), Error> {
-        self.grant.check_batch(keys.len()).map_err(error)?;
         let name = self.draft2_bucket(&bucket)?;
-        for key in keys {
-            self.grant.delete(name.clone(), key).await.map_err(error)?;
-        }
-        Ok(())
+        self.grant.delete_many(name, keys).await.map_err(error)
     }
 }

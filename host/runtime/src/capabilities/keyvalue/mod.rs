@@ -180,14 +180,15 @@ impl<'a> KeyValue<'a> {
     }
 }
 
+/// What every version's bindings are added to the linker with: the view of `KeyValue`.
 struct WasiKeyValue;
 
 impl HasData for WasiKeyValue {
     type Data<'a> = KeyValue<'a>;
 }
 
-/// Adds `wasi:keyvalue/{store,atomics,batch}` to the linker; `get` gives the view of a
-/// store's data.
+/// Adds `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft and 0.2.0-draft2) and
+/// `spin:key-value` to the linker; `get` gives the view of a store's data.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> KeyValue<'_>,
@@ -195,8 +196,10 @@ pub fn add_to_linker<T: Send + 'static>(
     store::add_to_linker::<T, WasiKeyValue>(linker, get)?;
     atomics::add_to_linker::<T, WasiKeyValue>(linker, get)?;
     batch::add_to_linker::<T, WasiKeyValue>(linker, get)?;
-    draft2::add_to_linker(linker, get)?;
-    spin::add_to_linker(linker, get)
+    draft2::store::add_to_linker::<T, WasiKeyValue>(linker, get)?;
+    draft2::atomics::add_to_linker::<T, WasiKeyValue>(linker, get)?;
+    draft2::batch::add_to_linker::<T, WasiKeyValue>(linker, get)?;
+    spin::kv::add_to_linker::<T, WasiKeyValue>(linker, get)
 }
 
 fn other(e: KvError) -> Error {
@@ -312,33 +315,85 @@ impl atomics::Host for KeyValue<'_> {
     }
 }
 
+impl KvGrant {
+    /// The values of `keys`, in order (`None`: absent), within the batch bounds: it
+    /// stops as soon as the values pass the bytes bound, so repeated keys of a large
+    /// value cannot make the host hold them all.
+    async fn get_many(
+        &self,
+        bucket: String,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, Error> {
+        self.check_batch(keys.len())?;
+        for key in &keys {
+            KvGrant::check_key(key)?;
+        }
+        let mut values = Vec::with_capacity(keys.len());
+        let mut bytes = 0u64;
+        for key in keys {
+            let value = self
+                .store
+                .get(bucket.clone(), key.clone())
+                .await
+                .map_err(other)?;
+            bytes += value.as_ref().map_or(0, |v| v.len() as u64);
+            self.check_batch_bytes(bytes)?;
+            values.push((key, value.map(|v| v.to_vec())));
+        }
+        Ok(values)
+    }
+
+    /// Sets every pair, after checking them all: nothing is stored if one is refused.
+    async fn set_many(
+        &self,
+        bucket: String,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), Error> {
+        self.check_batch(key_values.len())?;
+        let mut bytes = 0u64;
+        for (key, value) in &key_values {
+            KvGrant::check_key(key)?;
+            self.check_value(key, value.len())?;
+            bytes += value.len() as u64;
+        }
+        self.check_batch_bytes(bytes)?;
+        for (key, value) in key_values {
+            self.store
+                .set(bucket.clone(), key, value.into())
+                .await
+                .map_err(other)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every key, after checking them all.
+    async fn delete_many(&self, bucket: String, keys: Vec<String>) -> Result<(), Error> {
+        self.check_batch(keys.len())?;
+        for key in &keys {
+            KvGrant::check_key(key)?;
+        }
+        for key in keys {
+            self.store
+                .delete(bucket.clone(), key)
+                .await
+                .map_err(other)?;
+        }
+        Ok(())
+    }
+}
+
 impl batch::Host for KeyValue<'_> {
     async fn get_many(
         &mut self,
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
-        self.grant.check_batch(keys.len())?;
-        for key in &keys {
-            KvGrant::check_key(key)?;
-        }
         let name = self.bucket(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        let mut bytes = 0u64;
-        for key in keys {
-            let value = self
-                .grant
-                .store
-                .get(name.clone(), key.clone())
-                .await
-                .map_err(other)?;
-            // Stop as soon as the batch is over its bytes: repeated keys of a large value
-            // must not make the host hold them all.
-            bytes += value.as_ref().map_or(0, |v| v.len() as u64);
-            self.grant.check_batch_bytes(bytes)?;
-            values.push(value.map(|v| (key, v.to_vec())));
-        }
-        Ok(values)
+        let values = self.grant.get_many(name, keys).await?;
+        Ok(values
+            .into_iter()
+            .map(|(key, value)| value.map(|v| (key, v)))
+            .collect())
     }
 
     async fn set_many(
@@ -346,23 +401,8 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
-        self.grant.check_batch(key_values.len())?;
-        let mut bytes = 0u64;
-        for (key, value) in &key_values {
-            KvGrant::check_key(key)?;
-            self.grant.check_value(key, value.len())?;
-            bytes += value.len() as u64;
-        }
-        self.grant.check_batch_bytes(bytes)?;
         let name = self.bucket(&bucket)?;
-        for (key, value) in key_values {
-            self.grant
-                .store
-                .set(name.clone(), key, value.into())
-                .await
-                .map_err(other)?;
-        }
-        Ok(())
+        self.grant.set_many(name, key_values).await
     }
 
     async fn delete_many(
@@ -370,18 +410,7 @@ impl batch::Host for KeyValue<'_> {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Result<(), Error> {
-        self.grant.check_batch(keys.len())?;
-        for key in &keys {
-            KvGrant::check_key(key)?;
-        }
         let name = self.bucket(&bucket)?;
-        for key in keys {
-            self.grant
-                .store
-                .delete(name.clone(), key)
-                .await
-                .map_err(other)?;
-        }
-        Ok(())
+        self.grant.delete_many(name, keys).await
     }
 }

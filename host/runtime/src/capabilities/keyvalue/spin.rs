@@ -12,11 +12,11 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{
-    Accessor, Destination, FutureReader, HasData, Linker, Resource, StreamProducer, StreamReader,
-    StreamResult, VecBuffer,
+    Accessor, Destination, FutureReader, Resource, StreamProducer, StreamReader, StreamResult,
+    VecBuffer,
 };
 
-use super::{KeyValue, KvGrant, PAGE};
+use super::{KeyValue, KvGrant, PAGE, WasiKeyValue};
 use crate::kv::KeyPage;
 
 mod bindings {
@@ -31,27 +31,12 @@ mod bindings {
     });
 }
 
-use bindings::spin::key_value::key_value::{self as kv, Error};
+pub(super) use bindings::spin::key_value::key_value::{self as kv, Error};
 
 /// An open store, as the guest holds it: the bucket it names.
 #[derive(Debug)]
 pub struct SpinStore {
     bucket: String,
-}
-
-struct SpinKeyValue;
-
-impl HasData for SpinKeyValue {
-    type Data<'a> = KeyValue<'a>;
-}
-
-/// Adds `spin:key-value/key-value@3.0.0` to the linker; `get` gives the view of a store's
-/// data.
-pub fn add_to_linker<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    get: fn(&mut T) -> KeyValue<'_>,
-) -> wasmtime::Result<()> {
-    kv::add_to_linker::<T, SpinKeyValue>(linker, get)
 }
 
 fn error(e: super::Error) -> Error {
@@ -64,7 +49,7 @@ fn error(e: super::Error) -> Error {
 
 /// The grant and the bucket of `store`, read in one step of the guest's store.
 fn bucket<T>(
-    accessor: &Accessor<T, SpinKeyValue>,
+    accessor: &Accessor<T, WasiKeyValue>,
     store: &Resource<SpinStore>,
 ) -> Result<(KvGrant, String), Error> {
     accessor.with(|mut access| {
@@ -88,7 +73,7 @@ impl kv::HostStore for KeyValue<'_> {
     }
 }
 
-impl<T: Send> kv::HostStoreWithStore<T> for SpinKeyValue {
+impl<T: Send> kv::HostStoreWithStore<T> for WasiKeyValue {
     async fn open(
         accessor: &Accessor<T, Self>,
         label: String,
