@@ -10,7 +10,8 @@
 //! - `POST /spin/incr/KEY?by=N`: `wasi:keyvalue` draft2's `increment`.
 //! - `GET  /spin/stream?n=N&ms=M`: N lines, M ms apart, then a trailer `x-lines: N`
 //!   (declared in a `Trailer` header, as HTTP/1.1 wants).
-//! - `POST /spin/echo`: the request body streamed back as it arrives (trailers too).
+//! - `POST /spin/echo`: the request body streamed back as it arrives, its trailers too
+//!   (declared with the request's `Trailer` header).
 //! - `GET  /spin/sleep?ms=M`: answers after M ms (async: the instance can serve others).
 //! - `GET  /spin/served`: requests this instance has served (instance-local state).
 //! - `GET  /spin/trap`: panics. `GET /spin/loop`: never returns.
@@ -64,8 +65,11 @@ async fn handle(request: Request) -> impl IntoResponse {
             let (parts, body) = request.into_parts();
             let body = body.map_err(|e| anyhow_error(format!("{e:?}")));
             let mut response = Response::new(box_body(body));
-            if let Some(kind) = parts.headers.get("content-type") {
-                response.headers_mut().insert("content-type", kind.clone());
+            // The request's declared trailers come back as the response's.
+            for name in ["content-type", "trailer"] {
+                if let Some(value) = parts.headers.get(name) {
+                    response.headers_mut().insert(name, value.clone());
+                }
             }
             response
         }

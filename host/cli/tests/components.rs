@@ -231,12 +231,15 @@ async fn a_0_3_component_streams_both_ways_with_trailers() {
         "5"
     );
 
-    // Full duplex: each chunk of the request comes back before the next is sent.
+    // Full duplex: each chunk of the request comes back before the next is sent, and the
+    // trailers after them.
     let mut sender = connect(&host).await;
     let (mut tx, rx) = futures::channel::mpsc::channel(1);
     let request = http::Request::post("/spin/echo")
         .header("host", "weft.test")
         .header("content-type", "text/plain")
+        .header("te", "trailers")
+        .header("trailer", "x-checksum")
         .body(http_body_util::StreamBody::new(rx))
         .unwrap();
     tx.send(Ok(hyper::body::Frame::data(Bytes::from("ping 1 "))))
@@ -263,8 +266,19 @@ async fn a_0_3_component_streams_both_ways_with_trailers() {
             .unwrap();
         }
     }
+    // The request's trailers reach the guest, which sends them back as its own.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    tx.send(Ok(hyper::body::Frame::trailers(trailers)))
+        .await
+        .unwrap();
     drop(tx);
-    assert!(body.collect().await.unwrap().to_bytes().is_empty());
+    let rest = body.collect().await.unwrap();
+    assert_eq!(
+        rest.trailers().and_then(|t| t.get("x-checksum")).unwrap(),
+        "abc123"
+    );
+    assert!(rest.to_bytes().is_empty());
     host.shutdown().await;
 }
 
