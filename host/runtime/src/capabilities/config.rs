@@ -1,5 +1,6 @@
 //! Host capability `wasi:config/store`, at the versions components import today
-//! (`0.2.0-draft-2024-09-27`, Spin 4's SDK; `0.2.0-rc.1`, wasmtime's `wasi-config`):
+//! (`0.2.0-draft-2024-09-27`, Spin 4's SDK; `0.2.0-draft`, wasmCloud's; `0.2.0-rc.1`,
+//! wasmtime's `wasi-config`):
 //! a component reads its own manifest `config` table, the same values it also gets as
 //! environment variables; Spin's `spin:variables@3.0.0` reads the same table. Always
 //! granted: the table is the component's own, and holds
@@ -16,6 +17,13 @@ mod draft {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "wasi:config/imports@0.2.0-draft-2024-09-27",
+    });
+}
+
+mod wasmcloud {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "wasi:config/imports@0.2.0-draft",
     });
 }
 
@@ -73,6 +81,7 @@ pub fn add_to_linker<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     draft::wasi::config0_2_0_draft_2024_09_27::store::add_to_linker::<T, Config>(linker, get)?;
     rc1::wasi::config0_2_0_rc_1::store::add_to_linker::<T, Config>(linker, get)?;
+    wasmcloud::wasi::config0_2_0_draft::store::add_to_linker::<T, Config>(linker, get)?;
     spin::spin::variables::variables::add_to_linker::<T, Config>(linker, get)
 }
 
@@ -105,6 +114,21 @@ impl draft::wasi::config0_2_0_draft_2024_09_27::store::Host for ConfigGrant {
         &mut self,
     ) -> Result<Vec<(String, String)>, draft::wasi::config0_2_0_draft_2024_09_27::store::Error>
     {
+        Ok(self.all())
+    }
+}
+
+impl wasmcloud::wasi::config0_2_0_draft::store::Host for ConfigGrant {
+    fn get(
+        &mut self,
+        key: String,
+    ) -> Result<Option<String>, wasmcloud::wasi::config0_2_0_draft::store::Error> {
+        Ok(ConfigGrant::get(self, &key))
+    }
+
+    fn get_all(
+        &mut self,
+    ) -> Result<Vec<(String, String)>, wasmcloud::wasi::config0_2_0_draft::store::Error> {
         Ok(self.all())
     }
 }

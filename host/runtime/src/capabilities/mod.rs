@@ -15,7 +15,7 @@
 //! | [`outbound_http`] | `wasi:http/outgoing-handler` (0.2), `wasi:http/client` (0.3) | `allowed_outbound_hosts` (`scheme://host[:port]`; never the host's own listeners, internal addresses only when named) |
 //! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` (never the reserved `$`, `_INBOX.` and `_WEFT.` namespaces) |
 //! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft, 0.2.0-draft2), `spin:key-value` (3.0.0) | `buckets` |
-//! | [`config`] | `wasi:config/store` (0.2.0-draft-2024-09-27, 0.2.0-rc.1), `spin:variables` (3.0.0) | always: its own `config` table |
+//! | [`config`] | `wasi:config/store` (0.2.0-draft, 0.2.0-draft-2024-09-27, 0.2.0-rc.1), `spin:variables` (3.0.0) | always: its own `config` table |
 //!
 //! ## Adding a capability
 //! 1. `capabilities/NAME.rs`: the bindings (`bindgen!` on a world under `wit/`), the
@@ -57,7 +57,10 @@ pub const INTERFACES: &[(&str, &str)] = &[
     ("wasi:random", "0.2.x and 0.3.0"),
     ("wasi:sockets", "0.2.x and 0.3.0 (no address is granted)"),
     ("wasi:keyvalue", "0.2.0-draft and 0.2.0-draft2"),
-    ("wasi:config", "0.2.0-draft-2024-09-27 and 0.2.0-rc.1"),
+    (
+        "wasi:config",
+        "0.2.0-draft, 0.2.0-draft-2024-09-27 and 0.2.0-rc.1",
+    ),
     ("wasi:logging", "0.1.0-draft"),
     ("wasmcloud:messaging", "0.2.0"),
     ("spin:key-value", "3.0.0"),

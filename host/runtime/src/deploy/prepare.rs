@@ -212,8 +212,20 @@ fn compile(
         .compile(&engine.engine, wasm, version, Write::Now)
         .map_err(|e| match e.downcast::<crate::compile::CacheWriteFailed>() {
             Ok(cache) => DeployError::Storage(cache.to_string()),
-            Err(e) => DeployError::Compile(format!("{e:#}")),
+            Err(e) => DeployError::Compile(explain_compile_error(&format!("{e:#}"))),
         })
+}
+
+/// A compile error as a deploy tells it: one that names a WebAssembly proposal the host
+/// does not enable says so and what the host runs, instead of only the parser's words.
+fn explain_compile_error(message: &str) -> String {
+    if message.contains(" feature") && message.contains(" require") {
+        format!(
+            "it uses a WebAssembly feature this host does not enable ({message}). weft runs components of the component model with its async support (WASI 0.2 and 0.3); build the component without that proposal"
+        )
+    } else {
+        message.to_string()
+    }
 }
 
 /// Tells a component from a core module or something else, before compiling.
@@ -231,6 +243,18 @@ fn check_is_component(wasm: &[u8]) -> Result<(), DeployError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_feature_is_named_as_one() {
+        let raw = "failed to parse WebAssembly module: bad magic number";
+        assert_eq!(explain_compile_error(raw), raw, "not this shape");
+        let raw = "failed to parse WebAssembly module: `thread.spawn` requires the component model threading feature (at offset 0xc)";
+        let told = explain_compile_error(raw);
+        assert!(
+            told.contains("does not enable") && told.contains(raw),
+            "{told}"
+        );
+    }
 
     #[test]
     fn tells_components_from_modules() {

@@ -484,20 +484,24 @@ impl Invoke<Proxy> for HandleRequest {
 const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 const GATHER_MAX_BYTES: usize = 256 * 1024;
 
-enum Gathered {
+enum Gathered<B> {
     /// The whole body.
     Complete(Bytes),
     /// Still going after the window or beyond the size: what came so far, and the rest.
     Streaming {
         pending: std::collections::VecDeque<Frame<Bytes>>,
-        rest: HyperOutgoingBody,
+        rest: B,
     },
     /// The body broke off with an error.
     Failed,
 }
 
-/// Collects the guest's body for up to [`GATHER_WINDOW`] and [`GATHER_MAX_BYTES`].
-async fn gather(mut body: HyperOutgoingBody) -> Gathered {
+/// Collects the guest's body (0.2 or 0.3) for up to [`GATHER_WINDOW`] and
+/// [`GATHER_MAX_BYTES`].
+async fn gather<B>(mut body: B) -> Gathered<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
     use http_body_util::BodyExt;
     let mut pending = std::collections::VecDeque::new();
     let mut size = 0;

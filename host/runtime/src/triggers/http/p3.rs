@@ -124,13 +124,29 @@ pub(super) async fn dispatch(
     let limit = deployment.spec.limits.max_body_bytes;
     let component = || deployment.name.clone();
     match workers.handle(failed_tx, request).await {
-        Ok(response) => Ok(response.map(|body| {
-            // The permit is held until the guest's body has been sent.
-            Body::new(Permitted {
-                inner: body,
-                _permit: permit,
-            })
-        })),
+        Ok(response) => {
+            // As for 0.2: a body that ends at once goes out with the head, in one write.
+            let (head, body) = response.into_parts();
+            match super::gather(body).await {
+                super::Gathered::Complete(bytes) => {
+                    Ok(Response::from_parts(head, Body::from(bytes)))
+                }
+                // The head is not sent yet, so the client gets a proper error.
+                super::Gathered::Failed => Err(HttpError::GuestFailed {
+                    component: component(),
+                    cause: "the guest's body broke off".into(),
+                }),
+                // The permit is held until the guest's body has been sent.
+                super::Gathered::Streaming { pending, rest } => Ok(Response::from_parts(
+                    head,
+                    Body::new(Permitted {
+                        pending,
+                        inner: rest,
+                        _permit: permit,
+                    }),
+                )),
+            }
+        }
         Err(error) => {
             if let Some(code) = error.downcast_ref::<ErrorCode>() {
                 if exceeded.load(Ordering::Relaxed) {
@@ -194,8 +210,10 @@ fn with_absolute_uri<B>(request: http::Request<B>) -> http::Request<B> {
 /// Where a request is told why its worker failed, if it did while serving it.
 type Failed = oneshot::Sender<HttpError>;
 
-/// The response body from the guest, holding the component's concurrency permit.
+/// The response body from the guest, after what `gather` collected, holding the
+/// component's concurrency permit.
 struct Permitted {
+    pending: std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>,
     inner: wasmtime_wasi_http::WasiBody,
     _permit: OwnedSemaphorePermit,
 }
@@ -208,15 +226,14 @@ impl hyper::body::Body for Permitted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        self.pending.is_empty() && self.inner.is_end_stream()
     }
 }
 
