@@ -103,6 +103,22 @@ impl Guest for Faults {
                 let outcome = fetch(url);
                 respond(out, 200, &text, outcome.as_bytes());
             }
+            "/whoami" => {
+                // The request as the component sees it, whatever the client's protocol.
+                let scheme = match request.scheme() {
+                    Some(weft_sdk::wasi::http::types::Scheme::Http) => "http".to_string(),
+                    Some(weft_sdk::wasi::http::types::Scheme::Https) => "https".to_string(),
+                    Some(weft_sdk::wasi::http::types::Scheme::Other(s)) => s,
+                    None => "none".to_string(),
+                };
+                let answer = format!(
+                    "{:?} {scheme} {} {}",
+                    request.method(),
+                    request.authority().unwrap_or_default(),
+                    request.path_with_query().unwrap_or_default()
+                );
+                respond(out, 200, &text, answer.as_bytes());
+            }
             "/headers" => {
                 let headers: Vec<(&str, &str)> = query
                     .split('&')

@@ -12,4 +12,6 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod http;

@@ -41,16 +41,16 @@ pub fn manifest(wasm: &Wasm) -> String {
     toml
 }
 
-struct Contestant<'a> {
-    label: &'a str,
-    url: String,
+pub struct Contestant<'a> {
+    pub label: &'a str,
+    pub url: String,
 }
 
 /// Medians per contestant, over `settings.rounds` interleaved rounds.
-struct Medians {
-    rps: f64,
-    p50: f64,
-    p99: f64,
+pub struct Medians {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
 }
 
 fn interleave(
@@ -58,14 +58,25 @@ fn interleave(
     contestants: &[Contestant],
     script: Option<&Path>,
 ) -> Result<Vec<Medians>> {
+    interleave_with(settings, contestants, |url, secs| {
+        load::wrk(url, secs, script)
+    })
+}
+
+/// Measures each contestant with `measure(url, secs)`, round after round.
+pub fn interleave_with(
+    settings: &Settings,
+    contestants: &[Contestant],
+    measure: impl Fn(&str, u64) -> Result<Load>,
+) -> Result<Vec<Medians>> {
     // One short warm-up each: connections, caches, the first instances.
     for c in contestants {
-        load::wrk(&c.url, 1, script)?;
+        measure(&c.url, 1)?;
     }
     let mut runs: Vec<Vec<Load>> = contestants.iter().map(|_| Vec::new()).collect();
     for round in 1..=settings.rounds {
         for (c, runs) in contestants.iter().zip(&mut runs) {
-            let l = load::wrk(&c.url, settings.secs, script)?;
+            let l = measure(&c.url, settings.secs)?;
             println!(
                 "    round {round}: {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms{}",
                 c.label,

@@ -3,6 +3,7 @@
 //! - HTTP: the same Rust `wasi:http` hello component on weft and on `wasmtime serve`,
 //!   and a native axum handler with the same response; then a 16 KiB JSON echo.
 //! - Large guests: JavaScript and Python hello components, weft vs `wasmtime serve`.
+//! - gRPC: unary calls to the example calculator component vs a native tonic service.
 //! - Messaging: request/reply through the echo-responder component vs a native
 //!   responder doing the same, on nats-server and on the embedded bus.
 //! - Deploy to first response (cold, and a restart with a warm cache), and density.
@@ -13,10 +14,11 @@
 //!
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
 //! to target/bench), `--only SECTION,...` with sections `http` (which includes `p3`, the
-//! `wasi:http` 0.3 guest), `p3`, `large`, `messaging`
+//! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `messaging`
 //! (or one of its halves: `messaging-nats`, `messaging-embedded`), `deploy`, `density`.
 
 mod deploy;
+mod grpc;
 mod http;
 mod load;
 mod messaging;
@@ -119,6 +121,9 @@ fn run() -> Result<()> {
         if settings.wants("large") {
             http::large(&settings, &wasm, &weft, &mut report)?;
         }
+    }
+    if settings.wants("grpc") {
+        grpc::unary(&settings, &wasm, &mut report)?;
     }
     if settings.wants("messaging") || settings.wants("messaging-nats") {
         messaging::nats(&settings, &wasm, &mut report)?;

@@ -79,6 +79,13 @@ enum Command {
         /// in flight before stopping anyway.
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         shutdown_grace: u64,
+        /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) instead of
+        /// plain HTTP (default: the manifest's `[tls]`, else plain TCP).
+        #[arg(long, requires = "tls_key", value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "PEM")]
+        tls_key: Option<PathBuf>,
     },
     /// Deploy a component to a running host (the running version serves until it is live).
     Deploy {
@@ -201,6 +208,8 @@ async fn run(cli: Cli) -> Result<()> {
             nats_token,
             data_dir,
             shutdown_grace,
+            tls_cert,
+            tls_key,
         } => {
             let nats = nats.map(|url| NatsConfig {
                 url,
@@ -216,6 +225,9 @@ async fn run(cli: Cli) -> Result<()> {
                 nats,
                 baseline_compiler: !cranelift_only,
                 shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| weft_runtime::tls::TlsFiles { cert, key }),
                 ..HostConfig::default()
             };
             if cache_dir.is_some() {

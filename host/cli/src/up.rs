@@ -19,11 +19,15 @@ pub async fn start(path: &Path, mut config: HostConfig, build: bool) -> Result<H
             ..NatsConfig::default()
         });
     }
+    if config.tls.is_none() {
+        config.tls = manifest.tls.clone();
+    }
     if build {
         for entry in &manifest.components {
             crate::builder::build_if_stale(entry)?;
         }
     }
+    let config_tls = config.tls.is_some();
     let host = Host::start(config).await?;
     for entry in &manifest.components {
         let wasm = std::fs::read(&entry.source).with_context(|| {
@@ -41,21 +45,26 @@ pub async fn start(path: &Path, mut config: HostConfig, build: bool) -> Result<H
                 format!("component `{}` from {}", entry.name, entry.source.display())
             })?;
     }
+    let scheme = if config_tls { "https" } else { "http" };
     eprintln!(
-        "\n{}: serving on http://{}",
+        "\n{}: serving on {scheme}://{}",
         manifest.name,
         host.http_addr()
     );
     eprintln!("admin API on http://{}\n", host.admin_addr());
     eprintln!(
         "{}",
-        route_table(&host.deployments().list(), &host.http_addr().to_string())
+        route_table(
+            &host.deployments().list(),
+            &format!("{scheme}://{}", host.http_addr())
+        )
     );
     Ok(host)
 }
 
-/// A table of every route: method, URL, component and version.
-pub fn route_table(deployments: &[DeploymentInfo], authority: &str) -> String {
+/// A table of every route: method, URL (under `base`, `http://HOST:PORT`), component
+/// and version.
+pub fn route_table(deployments: &[DeploymentInfo], base: &str) -> String {
     let mut rows = vec![[
         "METHODS".to_string(),
         "URL".to_string(),
@@ -77,7 +86,7 @@ pub fn route_table(deployments: &[DeploymentInfo], authority: &str) -> String {
                 .collect();
             rows.push([
                 methods,
-                format!("http://{authority}{}", route.path),
+                format!("{base}{}", route.path),
                 d.name.clone(),
                 version,
             ]);

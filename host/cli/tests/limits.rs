@@ -18,6 +18,7 @@ const SHORT: ConnectionLimits = ConnectionLimits {
     max_connections: 4,
     header_timeout: Duration::from_millis(300),
     body_idle_timeout: Duration::from_millis(300),
+    ..ConnectionLimits::HTTP
 };
 
 async fn host_with(limits: ConnectionLimits, cache: &std::path::Path) -> Host {

@@ -24,6 +24,7 @@ use crate::kv::KvStore;
 use crate::kv::embedded::EmbeddedKv;
 use crate::kv::nats::NatsKv;
 use crate::listener::{self, ConnectionLimits, Serving};
+use crate::tls::TlsFiles;
 
 /// How to start a host.
 #[derive(Debug, Clone)]
@@ -57,6 +58,8 @@ pub struct HostConfig {
     pub idle_instance_ttl: Duration,
     /// Bounds of the HTTP listener's connections.
     pub http_connections: ConnectionLimits,
+    /// The HTTP listener's certificate and key; `None`: plain TCP (HTTP/1.1 and h2c).
+    pub tls: Option<TlsFiles>,
     /// Bounds of the admin listener's connections.
     pub admin_connections: ConnectionLimits,
     /// Bounds of the admin API's deploys (upload size, deploys at once).
@@ -79,6 +82,7 @@ impl Default for HostConfig {
             baseline_compiler: true,
             idle_instance_ttl: crate::instance::IDLE_INSTANCE_TTL,
             http_connections: ConnectionLimits::HTTP,
+            tls: None,
             admin_connections: ConnectionLimits::ADMIN,
             admin_limits: AdminLimits::default(),
         }
@@ -106,6 +110,10 @@ impl Host {
                 config.admin_listen
             );
         }
+        let tls = match &config.tls {
+            Some(files) => Some(files.acceptor()?),
+            None => None,
+        };
         let engines = Engines::new(config.max_instances, config.baseline_compiler)
             .context("configuring the wasmtime engines")?;
         let (bus, kv): (Arc<dyn MessageBus>, Arc<dyn KvStore>) = match &config.nats {
@@ -157,6 +165,7 @@ impl Host {
             http,
             http_trigger.app(),
             config.http_connections,
+            tls,
             stopped.clone(),
         );
         let admin = listener::serve(
@@ -172,6 +181,7 @@ impl Host {
                 config.admin_limits,
             ),
             config.admin_connections,
+            None,
             stopped,
         );
         Ok(Host {

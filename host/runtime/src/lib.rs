@@ -35,6 +35,7 @@ pub mod kv;
 pub mod listener;
 pub mod spec;
 pub mod store_data;
+pub mod tls;
 pub mod triggers;
 
 #[cfg(test)]

@@ -1,36 +1,57 @@
 //! The accept loop of the HTTP and admin listeners: where a connection enters the host.
+//! Each connection speaks HTTP/1.1 or HTTP/2 (h2c with prior knowledge on plain TCP; by
+//! ALPN under TLS, when the listener has a certificate), and components see the same
+//! `wasi:http` request either way.
+//!
 //! Bounded against slow and hostile clients: at most `max_connections` at once (more are
-//! closed on accept), request headers must arrive within `header_timeout` (which also
-//! closes a keep-alive connection idle that long), and a request body that sends nothing
-//! for `body_idle_timeout` fails, so a trickling client cannot hold a component's
-//! concurrency permit for the whole deadline. Shutdown stops accepting, then lets each
-//! connection finish its request in flight.
+//! closed on accept); a connection's first request (or, under TLS, its handshake) must
+//! arrive within `header_timeout`, which also bounds an HTTP/1.1 request's headers and
+//! closes a keep-alive connection idle that long; an HTTP/2 connection with no open
+//! stream for `idle_timeout` is sent GOAWAY; a connection has at most
+//! `max_streams_per_connection` streams and `max_header_bytes` of request head; a request
+//! body that sends nothing for `body_idle_timeout` fails, so a trickling client cannot
+//! hold a component's concurrency permit for the whole deadline. Shutdown stops
+//! accepting, then lets each connection finish its requests in flight.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::response::Response;
 use bytes::Bytes;
-use hyper::body::Frame;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use futures::future::BoxFuture;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// Bounds of one listener's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// Connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
-    /// Time for a request's headers to arrive, counted from the connection's start or
-    /// the end of its previous request (so also the keep-alive idle timeout).
+    /// Time for a connection's first request (and TLS handshake) to arrive, and for an
+    /// HTTP/1.1 request's headers, counted from the end of its previous request (so
+    /// also HTTP/1.1's keep-alive idle timeout).
     pub header_timeout: Duration,
     /// Time a request body may send nothing before the request fails.
     pub body_idle_timeout: Duration,
+    /// HTTP/2: how long a connection may have no open stream before it is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2: streams (requests) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Size of a request's head (HTTP/1.1 request line and headers, HTTP/2 header
+    /// list); larger gets 431.
+    pub max_header_bytes: usize,
 }
 
 impl ConnectionLimits {
@@ -39,6 +60,9 @@ impl ConnectionLimits {
         max_connections: 4096,
         header_timeout: Duration::from_secs(10),
         body_idle_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(60),
+        max_streams_per_connection: 128,
+        max_header_bytes: 64 * 1024,
     };
 
     /// The admin listener's: few connections, the same timeouts.
@@ -47,6 +71,11 @@ impl ConnectionLimits {
         ..ConnectionLimits::HTTP
     };
 }
+
+/// Marks a request that arrived over TLS (a request extension), so components see the
+/// `https` scheme.
+#[derive(Debug, Clone, Copy)]
+pub struct Tls;
 
 /// A listener being served: its task ends once stopped and its connections closed.
 #[derive(Debug)]
@@ -64,34 +93,22 @@ impl Serving {
     }
 }
 
-/// Serves `app` on `listener` within `limits` until `stopped` turns true, then waits for
-/// the requests in flight (the caller bounds how long).
+/// Serves `app` on `listener` within `limits`, over TLS if `tls` is given, until
+/// `stopped` turns true, then waits for the requests in flight (the caller bounds how
+/// long).
 pub fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ConnectionLimits,
-    mut stopped: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
+    stopped: watch::Receiver<bool>,
 ) -> Serving {
-    let idle = limits.body_idle_timeout;
-    let app = app.layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let request = request.map(|body| Body::new(IdleTimeoutBody::new(body, idle)));
-            next.run(request)
-        },
-    ));
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let open_connections = open.clone();
     let task = tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+        let http = Arc::new(protocols(&limits));
         let mut refused: u64 = 0;
-        let stop = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
-        tokio::pin!(stop);
+        let mut stop = stopped.clone();
         loop {
             let stream = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -103,7 +120,7 @@ pub fn serve(
                         continue;
                     }
                 },
-                () = &mut stop => break,
+                () = stop_requested(&mut stop) => break,
             };
             let Ok(permit) = open.clone().try_acquire_owned() else {
                 refused += 1;
@@ -121,17 +138,34 @@ pub fn serve(
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!("cannot set TCP_NODELAY on a connection: {e}");
             }
-            let connection =
-                http1.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-            let connection = graceful.watch(connection);
+            let connection = Connection {
+                http: http.clone(),
+                app: app.clone(),
+                limits,
+                stopped: stopped.clone(),
+            };
+            let tls = tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!("connection ended: {e}");
+                match tls {
+                    None => connection.serve(stream, false).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => connection.serve(stream, true).await,
+                            Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+                            Err(_) => tracing::debug!(
+                                "TLS handshake not done within {:?}",
+                                limits.header_timeout
+                            ),
+                        }
+                    }
                 }
                 drop(permit);
             });
         }
-        graceful.shutdown().await;
+        // Every connection holds a permit until it has closed.
+        let _all_closed = open.acquire_many(limits.max_connections as u32).await;
     });
     Serving {
         task,
@@ -140,16 +174,207 @@ pub fn serve(
     }
 }
 
+/// Returns once `stopped` is true (or its sender is gone).
+async fn stop_requested(stopped: &mut watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// HTTP/1.1 and HTTP/2 with the listener's bounds.
+fn protocols(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper's smallest buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Pings find a peer that vanished without closing; an idle one is closed below.
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+/// One accepted connection, before it is served.
+struct Connection {
+    http: Arc<auto::Builder<TokioExecutor>>,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves the connection until it closes: by the client, on shutdown (gracefully),
+    /// or when it has been idle too long.
+    async fn serve<I>(mut self, io: I, tls: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(Activity::new());
+        let service = ConnectionService {
+            app: self.app,
+            activity: activity.clone(),
+            body_idle: self.limits.body_idle_timeout,
+            tls,
+        };
+        let connection = self
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                    break;
+                }
+                () = stop_requested(&mut self.stopped), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = activity.idle_for(self.limits.header_timeout, self.limits.idle_timeout), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// What a connection is doing: requests open, and since when it has had none.
+struct Activity {
+    start: Instant,
+    /// Requests whose response is not yet sent in full.
+    open: AtomicUsize,
+    /// Whether a request has arrived yet.
+    seen: AtomicBool,
+    /// When the last request ended, in milliseconds after `start`.
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            open: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Open {
+        self.seen.store(true, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::AcqRel);
+        Open(self.clone())
+    }
+
+    /// Returns once the connection has had no open request for `first` (before its
+    /// first request) or `then` (after it).
+    async fn idle_for(&self, first: Duration, then: Duration) {
+        loop {
+            let limit = if self.seen.load(Ordering::Relaxed) {
+                then
+            } else {
+                first
+            };
+            if self.open.load(Ordering::Acquire) > 0 {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            let due = self.start + since + limit;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+}
+
+/// A request of a connection, open until its response body is dropped.
+struct Open(Arc<Activity>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The app as one connection's hyper service: bounds each request body's idleness,
+/// marks TLS, and counts the request open until its response is sent.
+#[derive(Clone)]
+struct ConnectionService {
+    app: axum::Router,
+    activity: Arc<Activity>,
+    body_idle: Duration,
+    tls: bool,
+}
+
+impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let open = self.activity.begin();
+        let idle = self.body_idle;
+        let mut request = request.map(|body| Body::new(IdleTimeoutBody::new(body, idle)));
+        if self.tls {
+            request.extensions_mut().insert(Tls);
+        }
+        let call =
+            hyper::service::Service::call(&TowerToHyperService::new(self.app.clone()), request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(response.map(|body| Body::new(OpenBody { body, _open: open })))
+        })
+    }
+}
+
+/// A response body that keeps its request counted as open until it is sent.
+struct OpenBody {
+    body: Body,
+    _open: Open,
+}
+
+impl http_body::Body for OpenBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// A request body that fails when the client sends nothing for the idle timeout.
 struct IdleTimeoutBody {
-    inner: Body,
+    inner: Incoming,
     idle: Duration,
     /// Armed while the body waits for the client; reset by every frame.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimeoutBody {
-    fn new(inner: Body, idle: Duration) -> IdleTimeoutBody {
+    fn new(inner: Incoming, idle: Duration) -> IdleTimeoutBody {
         IdleTimeoutBody {
             inner,
             idle,

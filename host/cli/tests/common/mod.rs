@@ -17,6 +17,8 @@ pub use weft_test::host::{NatsServer, host_config, nats_config};
 /// The guest crates the tests use, all built by one cargo call.
 const COMPONENTS: &[&str] = &[
     "hello",
+    "hello-p3",
+    "calculator",
     "faults",
     "bad-import",
     "cli-app",

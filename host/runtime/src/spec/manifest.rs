@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::spec::{ComponentSpec, ValidSpec, validate_name};
+use crate::tls::TlsFiles;
 
 /// A parsed and validated manifest.
 #[derive(Debug, Clone)]
@@ -16,6 +17,8 @@ pub struct Manifest {
     pub name: String,
     /// The NATS server to use when `--nats` is not given; `None`: the embedded bus.
     pub nats_url: Option<String>,
+    /// `[tls]`: the HTTP listener's certificate and key, when `--tls-cert` is not given.
+    pub tls: Option<TlsFiles>,
     /// Components in the order they appear by name.
     pub components: Vec<ComponentEntry>,
 }
@@ -79,7 +82,17 @@ struct RawManifest {
     #[serde(default)]
     nats_url: Option<String>,
     #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
     components: BTreeMap<String, RawComponent>,
+}
+
+/// `[tls]`: PEM files, relative to the manifest.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +188,10 @@ impl Manifest {
         let manifest = Manifest {
             name: raw.name,
             nats_url: raw.nats_url,
+            tls: raw.tls.map(|tls| TlsFiles {
+                cert: base.join(tls.cert),
+                key: base.join(tls.key),
+            }),
             components,
         };
         let specs: Vec<(&str, &ComponentSpec)> = manifest

@@ -2,12 +2,13 @@
 //! (route, body and concurrency limits), runs through the call path in a fresh instance
 //! and becomes a response. Routing (step 2) is `router.rs`.
 
+pub mod grpc;
 pub mod p3;
 pub mod router;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
@@ -86,7 +87,7 @@ impl HttpTrigger {
     /// The axum app that serves every route of every deployment.
     pub fn app(self: &Arc<Self>) -> axum::Router {
         axum::Router::new()
-            .fallback(handle)
+            .fallback(handle_any)
             .with_state(self.clone())
     }
 }
@@ -166,6 +167,8 @@ pub enum HttpError {
     HostFull,
     /// The component did not answer within its deadline.
     Deadline { component: String },
+    /// The component did not answer within the client's `grpc-timeout`.
+    ClientDeadline(std::time::Duration),
     /// The component trapped or failed before answering. The cause is logged, and
     /// kept for the test harness; clients only see that it failed.
     GuestFailed { component: String, cause: String },
@@ -173,9 +176,10 @@ pub enum HttpError {
     BadRequest(String),
 }
 
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        let (status, message) = match &self {
+impl HttpError {
+    /// The HTTP status and the message a client is told.
+    fn status_and_message(&self) -> (StatusCode, String) {
+        match self {
             HttpError::NotFound { method, path } => (
                 StatusCode::NOT_FOUND,
                 format!("no route for {method} {path}"),
@@ -200,12 +204,27 @@ impl IntoResponse for HttpError {
                 StatusCode::GATEWAY_TIMEOUT,
                 format!("component `{component}` did not answer in time"),
             ),
+            HttpError::ClientDeadline(timeout) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("no answer within the client's grpc-timeout of {timeout:?}"),
+            ),
             HttpError::GuestFailed { component, .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("component `{component}` failed to handle the request"),
             ),
             HttpError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
-        };
+        }
+    }
+
+    /// What a client is told.
+    pub fn message(&self) -> String {
+        self.status_and_message().1
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (status, message) = self.status_and_message();
         let mut response = (status, axum::Json(json!({ "error": message }))).into_response();
         match self {
             HttpError::Overloaded { .. } | HttpError::HostFull => {
@@ -249,6 +268,26 @@ async fn handle(
     dispatch(&deployment, request).await
 }
 
+/// The fallback handler: gRPC calls get the host's errors as gRPC statuses.
+async fn handle_any(
+    trigger: State<Arc<HttpTrigger>>,
+    request: Request,
+) -> Result<Response, HttpError> {
+    if !grpc::is_grpc(request.headers()) {
+        return handle(trigger, request).await;
+    }
+    let timeout = grpc::timeout(request.headers());
+    let call = handle(trigger, request);
+    let result = match timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(HttpError::ClientDeadline(timeout)),
+        },
+        None => call.await,
+    };
+    Ok(result.unwrap_or_else(HttpError::into_grpc_response))
+}
+
 /// Runs one request through a fresh instance of `deployment`, applying its limits.
 /// Also the in-process entry point of the component test harness.
 pub async fn dispatch(
@@ -271,6 +310,8 @@ pub async fn dispatch(
             component: deployment.name.clone(),
         })?;
 
+    // A gRPC response that fails midway ends with an INTERNAL status in its trailers.
+    let grpc = grpc::is_grpc(request.headers()).then(|| deployment.name.clone());
     let exceeded = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| LimitedBody {
         inner: body,
@@ -278,7 +319,7 @@ pub async fn dispatch(
         exceeded: exceeded.clone(),
     });
     if let Some(service) = deployment.linked::<p3::ServiceExport>() {
-        return p3::dispatch(deployment, service, request, exceeded, permit).await;
+        return p3::dispatch(deployment, service, request, exceeded, permit, grpc).await;
     }
     // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
     // store, instantiated in `run`; then the next spare, if the pool wants one.
@@ -290,10 +331,15 @@ pub async fn dispatch(
     };
     let deadline = call.deadline();
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    let scheme = if request.extensions().get::<crate::listener::Tls>().is_some() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let (wasi_request, out) = {
         let mut http = call.store_mut().data_mut().http();
         let req = http
-            .new_incoming_request(Scheme::Http, request)
+            .new_incoming_request(scheme, request)
             .map_err(|e| HttpError::BadRequest(format!("invalid request: {e}")))?;
         let out = http
             .new_response_outparam(sender)
@@ -301,7 +347,7 @@ pub async fn dispatch(
         (req, out)
     };
 
-    let failed_midway = Arc::new(AtomicBool::new(false));
+    let failed_midway = Arc::new(AtomicU8::new(RUNNING));
     let task_failed = failed_midway.clone();
     let instance = Box::pin(async move {
         let _permit = permit;
@@ -318,7 +364,12 @@ pub async fn dispatch(
             Err(failure) => {
                 // Set before the store (and with it the body's sender) is dropped, so a
                 // body cut short reads as an error, not as a complete response.
-                task_failed.store(true, Ordering::Release);
+                let how = if crate::failure::is_deadline(&failure.error) {
+                    MISSED_DEADLINE
+                } else {
+                    FAILED
+                };
+                task_failed.store(how, Ordering::Release);
                 Err(failure.error)
             }
         }
@@ -373,7 +424,7 @@ pub async fn dispatch(
             }
             let (head, body) = response.into_parts();
             match gather(body).await {
-                Gathered::Complete(bytes) if !failed_midway.load(Ordering::Acquire) => {
+                Gathered::Complete(bytes) if failed_midway.load(Ordering::Acquire) == RUNNING => {
                     Ok(Response::from_parts(head, Body::from(bytes)))
                 }
                 // The instance failed before finishing: the head is not sent yet, so
@@ -385,6 +436,8 @@ pub async fn dispatch(
                         pending,
                         inner: rest,
                         failed: failed_midway,
+                        grpc,
+                        ended: false,
                     }),
                 )),
             }
@@ -539,13 +592,22 @@ where
     }
 }
 
+/// How an instance writing a response body is doing (in [`GuardedBody`]'s `failed`).
+const RUNNING: u8 = 0;
+const FAILED: u8 = 1;
+const MISSED_DEADLINE: u8 = 2;
+
 /// The response body from the guest, after what [`gather`] collected: if the instance
 /// fails before finishing it, the client sees a broken body rather than a clean,
 /// truncated one.
 struct GuardedBody {
     pending: std::collections::VecDeque<Frame<Bytes>>,
     inner: HyperOutgoingBody,
-    failed: Arc<AtomicBool>,
+    failed: Arc<AtomicU8>,
+    /// The component's name, on a gRPC call: a failure ends the body with trailers.
+    grpc: Option<String>,
+    /// Set once the failure is reported.
+    ended: bool,
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -560,20 +622,31 @@ impl hyper::body::Body for GuardedBody {
         if let Some(frame) = this.pending.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(None) if this.failed.load(Ordering::Acquire) => {
-                Poll::Ready(Some(Err(wasmtime_wasi_http::Error::InternalError(Some(
-                    "the instance stopped before finishing the body".into(),
-                )))))
-            }
-            other => other,
+        if this.ended {
+            return Poll::Ready(None);
         }
+        // The instance failed before finishing the body.
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) if this.failed.load(Ordering::Acquire) != RUNNING => {}
+            Poll::Ready(Some(Err(_))) if this.grpc.is_some() => {}
+            other => return other,
+        }
+        this.ended = true;
+        Poll::Ready(Some(match this.grpc.take() {
+            Some(component) => Ok(grpc::failed_trailers(
+                &component,
+                this.failed.load(Ordering::Acquire) == MISSED_DEADLINE,
+            )),
+            None => Err(wasmtime_wasi_http::Error::InternalError(Some(
+                "the instance stopped before finishing the body".into(),
+            ))),
+        }))
     }
 
     fn is_end_stream(&self) -> bool {
         self.pending.is_empty()
-            && self.inner.is_end_stream()
-            && !self.failed.load(Ordering::Acquire)
+            && (self.ended
+                || (self.inner.is_end_stream() && self.failed.load(Ordering::Acquire) == RUNNING))
     }
 }
 

@@ -113,6 +113,7 @@ pub(super) async fn dispatch(
     request: http::Request<LimitedBody>,
     exceeded: Arc<AtomicBool>,
     permit: OwnedSemaphorePermit,
+    grpc: Option<String>,
 ) -> Result<Response, HttpError> {
     let workers = export.workers.get_or_init(|| {
         ProxyHandler::new(Workers {
@@ -142,6 +143,8 @@ pub(super) async fn dispatch(
                     Body::new(Permitted {
                         pending,
                         inner: rest,
+                        grpc,
+                        ended: false,
                         _permit: permit,
                     }),
                 )),
@@ -191,8 +194,9 @@ pub(super) async fn dispatch(
     }
 }
 
-/// The request with `http://HOST` in front of its path, as 0.3 guests read the scheme
-/// and authority from the URI (0.2's are set from the connection).
+/// The request with `http://HOST` (`https://` over TLS) in front of its path, as 0.3
+/// guests read the scheme and authority from the URI (0.2's are set from the
+/// connection). HTTP/2 requests have both already.
 fn with_absolute_uri<B>(request: http::Request<B>) -> http::Request<B> {
     let (mut parts, body) = request.into_parts();
     if parts.uri.authority().is_none()
@@ -200,7 +204,12 @@ fn with_absolute_uri<B>(request: http::Request<B>) -> http::Request<B> {
         && let Ok(host) = host.to_str()
     {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        if let Ok(uri) = format!("http://{host}{path}").parse() {
+        let scheme = if parts.extensions.get::<crate::listener::Tls>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        if let Ok(uri) = format!("{scheme}://{host}{path}").parse() {
             parts.uri = uri;
         }
     }
@@ -215,6 +224,10 @@ type Failed = oneshot::Sender<HttpError>;
 struct Permitted {
     pending: std::collections::VecDeque<hyper::body::Frame<bytes::Bytes>>,
     inner: wasmtime_wasi_http::WasiBody,
+    /// The component's name, on a gRPC call: a failure ends the body with trailers.
+    grpc: Option<String>,
+    /// Set once the failure's trailers are out.
+    ended: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -229,11 +242,21 @@ impl hyper::body::Body for Permitted {
         if let Some(frame) = self.pending.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(_))) if self.grpc.is_some() => {
+                self.ended = true;
+                let component = self.grpc.take().unwrap_or_default();
+                Poll::Ready(Some(Ok(super::grpc::failed_trailers(&component, false))))
+            }
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_empty() && self.inner.is_end_stream()
+        self.pending.is_empty() && (self.ended || self.inner.is_end_stream())
     }
 }
 

@@ -1,0 +1,180 @@
+//! gRPC unary calls: the example calculator component (examples/grpc) on weft, with
+//! fresh instances and with reuse, against the same service written natively with
+//! tonic. The load generator is a tonic client in this process: one thread,
+//! [`CHANNELS`] HTTP/2 connections, [`IN_FLIGHT`] calls in flight.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use calculator_client::{AddRequest, CalculatorClient};
+use tonic::transport::Channel;
+
+use crate::http::{Contestant, REUSE, interleave_with};
+use crate::load::Load;
+use crate::procs;
+use crate::report::{Better, Report, Target};
+use crate::{Settings, tools::Wasm};
+
+/// HTTP/2 connections the client keeps open.
+pub const CHANNELS: usize = 4;
+
+/// Calls in flight at once (as wrk's 32 connections elsewhere).
+pub const IN_FLIGHT: usize = 32;
+
+/// Unary `Add` calls: native tonic, weft fresh, weft reuse.
+pub fn unary(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()> {
+    let command = format!(
+        "tonic client, 1 thread, {CHANNELS} connections, {IN_FLIGHT} calls in flight, {} s, Calculator/Add",
+        settings.secs
+    );
+    println!("\ngRPC unary ({command}):");
+    let native = serve_native()?;
+    let dir = procs::work_dir();
+    let mut hosts = Vec::new();
+    for (name, reuse) in [("weft-grpc", 1), ("weft-grpc-reuse", REUSE)] {
+        let manifest = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"{name}\"\n[components.calculator]\nsource = \"{}\"\nroutes = [{{ path = \"/weft.example.calculator.v1.Calculator/...\" }}]\nlimits = {{ requests_per_instance = {reuse}, max_concurrency = 1024 }}\n",
+                wasm.calculator.display()
+            ),
+        )?;
+        let weft = procs::weft_up(name, &manifest, &dir.join("cache"), &["--cranelift-only"])
+            .with_context(|| format!("starting {name}"))?;
+        answers(&weft.http)?;
+        hosts.push(weft);
+    }
+    let contestants = [
+        Contestant {
+            label: "native tonic",
+            url: native,
+        },
+        Contestant {
+            label: "weft (fresh instance)",
+            url: hosts[0].http.clone(),
+        },
+        Contestant {
+            label: "weft (reuse)",
+            url: hosts[1].http.clone(),
+        },
+    ];
+    let m = interleave_with(settings, &contestants, load)?;
+    let (native, fresh, reuse) = (&m[0], &m[1], &m[2]);
+    let (higher, lower) = (Better::Higher, Better::Lower);
+    #[rustfmt::skip]
+    report.add_rows("gRPC unary", &command, &[
+        ("fresh instance per call: throughput", "calls/s", fresh.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.5)),
+        ("fresh instance per call: p99 latency", "ms", fresh.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
+        ("instance reuse: throughput", "calls/s", reuse.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.8)),
+        ("instance reuse: p99 latency", "ms", reuse.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
+        ("instance reuse: p50 latency", "ms", reuse.p50, "native tonic", native.p50, lower, None),
+    ]);
+    Ok(())
+}
+
+/// The native tonic calculator on a fresh port, on a two-worker runtime of its own (as
+/// weft's); its base URL.
+fn serve_native() -> Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("native-tonic".into())
+        .spawn(move || {
+            crate::native::runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .expect("registering the native server's listener");
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tonic::transport::Server::builder()
+                    .add_service(calculator_client::native_server())
+                    .serve_with_incoming(incoming)
+                    .await
+                    .expect("the native tonic server");
+            });
+        })?;
+    Ok(url)
+}
+
+/// Waits until `url` answers an `Add` call (the component is deployed).
+fn answers(url: &str) -> Result<()> {
+    crate::native::runtime().block_on(async {
+        let started = Instant::now();
+        loop {
+            let channel = Channel::from_shared(url.to_string())?;
+            if let Ok(channel) = channel.connect().await
+                && CalculatorClient::new(channel)
+                    .add(AddRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "{url} did not answer a gRPC call within 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// Calls `Add` on `url` for `secs` seconds with [`IN_FLIGHT`] calls in flight.
+fn load(url: &str, secs: u64) -> Result<Load> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut channels = Vec::new();
+        for _ in 0..CHANNELS {
+            let channel = Channel::from_shared(url.to_string())?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {url}"))?;
+            channels.push(channel);
+        }
+        let started = Instant::now();
+        let until = started + Duration::from_secs(secs);
+        let callers: Vec<_> = (0..IN_FLIGHT)
+            .map(|i| {
+                let mut client = CalculatorClient::new(channels[i % CHANNELS].clone());
+                tokio::spawn(async move {
+                    let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                    while Instant::now() < until {
+                        let call = Instant::now();
+                        let request = AddRequest {
+                            a: i as i64,
+                            b: 1,
+                            ..AddRequest::default()
+                        };
+                        match client.add(request).await {
+                            Ok(_) => latencies.push(call.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (latencies, errors)
+                })
+            })
+            .collect();
+        let (mut latencies, mut errors) = (Vec::new(), 0);
+        for caller in callers {
+            let (l, e) = caller.await?;
+            latencies.extend(l);
+            errors += e;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort();
+        let percentile = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Ok(Load {
+            rps: latencies.len() as f64 / elapsed,
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            errors,
+        })
+    })
+}
