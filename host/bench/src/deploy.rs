@@ -183,6 +183,7 @@ pub fn density(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<
                 routes: vec![weft_runtime::spec::RouteSpec {
                     path: format!("/c{i}/..."),
                     methods: vec![],
+                    websocket: false,
                 }],
                 ..Default::default()
             };

@@ -40,8 +40,13 @@ pub fn unary(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()
                 wasm.calculator.display()
             ),
         )?;
-        let weft = procs::weft_up(name, &manifest, &dir.join("cache"), &["--cranelift-only"])
-            .with_context(|| format!("starting {name}"))?;
+        let weft = procs::weft_up(
+            name,
+            &manifest,
+            &dir.join(format!("cache-{name}")),
+            &["--cranelift-only"],
+        )
+        .with_context(|| format!("starting {name}"))?;
         answers(&weft.http)?;
         hosts.push(weft);
     }

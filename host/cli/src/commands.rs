@@ -51,6 +51,7 @@ pub async fn deploy(client: &AdminClient, admin_url: &str, request: DeployReques
             .map(|path| RouteSpec {
                 path,
                 methods: vec![],
+                websocket: false,
             })
             .collect();
     }

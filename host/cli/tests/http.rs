@@ -38,6 +38,7 @@ async fn most_specific_route_wins_and_methods_are_enforced() {
     exact.routes.push(RouteSpec {
         path: "/api/items/:id/print".into(),
         methods: vec!["POST".into()],
+        websocket: false,
     });
     deploy(&host, "faults", "faults", exact).await;
     let client = reqwest::Client::new();

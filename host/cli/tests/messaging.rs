@@ -118,6 +118,7 @@ fn bridge(allowed: &[&str]) -> ComponentSpec {
         routes: vec![weft_runtime::spec::RouteSpec {
             path: "/...".into(),
             methods: vec![],
+            websocket: false,
         }],
         allowed_publish: allowed.iter().map(|s| s.to_string()).collect(),
         ..ComponentSpec::default()
@@ -388,6 +389,7 @@ async fn publishing_is_limited_to_allowed_subjects(env: Env) {
     spec.routes = vec![weft_runtime::spec::RouteSpec {
         path: "/...".into(),
         methods: vec![],
+        websocket: false,
     }];
     env.deploy("r", spec).await;
     let mut events = env
@@ -462,6 +464,7 @@ async fn guest_requests_tell_timeout_from_no_responders(env: Env) {
         routes: vec![weft_runtime::spec::RouteSpec {
             path: "/...".into(),
             methods: vec![],
+            websocket: false,
         }],
         allowed_publish: vec!["nobody.>".into(), "silent.>".into(), "svc.>".into()],
         ..ComponentSpec::default()
@@ -658,6 +661,7 @@ async fn two_hosts_on_one_nats_share_work_and_call_each_other() {
         routes: vec![weft_runtime::spec::RouteSpec {
             path: "/...".into(),
             methods: vec![],
+            websocket: false,
         }],
         allowed_publish: vec!["bonly.>".into()],
         ..ComponentSpec::default()

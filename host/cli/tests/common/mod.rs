@@ -19,6 +19,7 @@ const COMPONENTS: &[&str] = &[
     "hello",
     "hello-p3",
     "calculator",
+    "chat",
     "faults",
     "bad-import",
     "cli-app",
@@ -107,6 +108,7 @@ pub fn routes(paths: &[&str]) -> ComponentSpec {
             .map(|p| RouteSpec {
                 path: p.to_string(),
                 methods: vec![],
+                websocket: false,
             })
             .collect(),
         ..ComponentSpec::default()

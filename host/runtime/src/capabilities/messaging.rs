@@ -12,7 +12,9 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bus::{BusError, Message, MessageBus, subject_matches};
 use crate::spec::ValidSpec;
-use crate::spec::subject::{MAX_SUBJECT_BYTES, reserved, valid_reply_target, valid_subject};
+use crate::spec::subject::{
+    MAX_SUBJECT_BYTES, is_connection_control, reserved, valid_reply_target, valid_subject,
+};
 
 /// The host side of `wasmcloud:messaging/{types,consumer}`; the message trigger's
 /// bindings for the `handler` export share its `types`.
@@ -79,12 +81,20 @@ impl MessagingCtx {
         self.reply_to.as_deref() == Some(subject) && valid_reply_target(subject)
     }
 
+    /// Whether `subject` controls the WebSocket connection whose event is being handled
+    /// (`ws.conn.HOST.N.join`, `.leave`, `.close`, `.binary`).
+    fn is_current_connection_control(&self, subject: &str) -> bool {
+        self.reply_to
+            .as_deref()
+            .is_some_and(|reply_to| is_connection_control(subject, reply_to))
+    }
+
     /// The one check of publishing and requesting: the reply subject of the message
     /// being handled, or a subject `allowed_publish` matches that is not reserved (a
     /// wildcard never reaches `$JS.`, `$KV.`, `_INBOX.` and the like).
     fn check_publish(&self, subject: &str) -> Result<(), String> {
         valid(subject)?;
-        if self.is_current_reply(subject) {
+        if self.is_current_reply(subject) || self.is_current_connection_control(subject) {
             return Ok(());
         }
         if let Some(why) = reserved(subject) {

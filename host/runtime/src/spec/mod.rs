@@ -71,6 +71,10 @@ pub struct RouteSpec {
     /// Upper-case method names; empty means any method.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Accept WebSocket upgrades here: the connection's events go to the component's
+    /// `wasmcloud:messaging/handler` (see `triggers::websocket`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
 }
 
 /// Per-component limits. Every field has a default, so `[limits]` may name only some.
@@ -107,6 +111,14 @@ pub struct Limits {
     /// Outgoing HTTP requests the component's instances may have open at once (each
     /// instance also at most 16); more fail with `connection-limit-reached`.
     pub max_outbound_requests: u32,
+    /// WebSocket connections open at once on this host (more: 503 before the upgrade).
+    pub ws_max_connections: u32,
+    /// Largest WebSocket message (and frame) a client may send, in bytes (larger: the
+    /// connection is closed with 1009).
+    pub ws_max_message_bytes: u32,
+    /// How long a WebSocket connection may receive nothing from its client before it
+    /// is closed (1000), in milliseconds.
+    pub ws_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -122,6 +134,9 @@ impl Default for Limits {
             kv_max_batch_keys: 1000,
             kv_max_batch_bytes: 16 * 1024 * 1024,
             max_outbound_requests: 64,
+            ws_max_connections: 1000,
+            ws_max_message_bytes: 64 * 1024,
+            ws_idle_timeout_ms: 300_000,
         }
     }
 }
@@ -215,6 +230,12 @@ impl ComponentSpec {
                 "limits.max_concurrent_per_instance",
                 u64::from(l.max_concurrent_per_instance),
             ),
+            ("limits.ws_max_connections", u64::from(l.ws_max_connections)),
+            (
+                "limits.ws_max_message_bytes",
+                u64::from(l.ws_max_message_bytes),
+            ),
+            ("limits.ws_idle_timeout_ms", l.ws_idle_timeout_ms),
         ] {
             if value == 0 {
                 return Err(SpecError::new(key, "must be at least 1"));
@@ -227,6 +248,15 @@ impl ComponentSpec {
             ));
         }
         for (i, route) in self.routes.iter().enumerate() {
+            if route.websocket && route.methods.iter().any(|m| m != "GET") {
+                return Err(SpecError::new(
+                    format!("routes[{i}].methods"),
+                    format!(
+                        "route `{}`: a WebSocket route takes only GET (the upgrade); leave `methods` out",
+                        route.path
+                    ),
+                ));
+            }
             route::Pattern::parse(&route.path).map_err(|e| {
                 SpecError::new(
                     format!("routes[{i}].path"),
@@ -356,6 +386,7 @@ mod tests {
         spec.routes.push(RouteSpec {
             path: "no-slash".into(),
             methods: vec![],
+            websocket: false,
         });
         let err = check(&spec).unwrap_err();
         assert!(err.to_string().contains("no-slash"), "{err}");
@@ -363,6 +394,7 @@ mod tests {
         spec.routes[0] = RouteSpec {
             path: "/ok".into(),
             methods: vec!["get".into()],
+            websocket: false,
         };
         let err = check(&spec).unwrap_err();
         assert!(err.to_string().contains("upper-case"), "{err}");

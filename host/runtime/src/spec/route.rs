@@ -173,6 +173,7 @@ mod tests {
             routes: vec![crate::spec::RouteSpec {
                 path: path.into(),
                 methods: methods.iter().map(|m| m.to_string()).collect(),
+                websocket: false,
             }],
             ..Default::default()
         };

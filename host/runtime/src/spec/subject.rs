@@ -34,6 +34,25 @@ pub fn valid_reply_target(reply_to: &str) -> bool {
     valid_subject(reply_to) && (reply_to.starts_with(INBOX_PREFIX) || reserved(reply_to).is_none())
 }
 
+/// The prefix of a WebSocket connection's subject (`ws.conn.HOST.N`).
+pub const WS_CONN_PREFIX: &str = "ws.conn.";
+
+/// The prefix of a WebSocket group's subject (`ws.group.NAME`).
+pub const WS_GROUP_PREFIX: &str = "ws.group.";
+
+/// What may follow a connection's subject to control it (`ws.conn.HOST.N.join`, ...).
+pub const WS_CONTROLS: [&str; 4] = ["join", "leave", "close", "binary"];
+
+/// Whether `subject` is one of the controls of connection `reply_to` (the subject a
+/// WebSocket event came with): what the handler of that event may always publish to.
+pub fn is_connection_control(subject: &str, reply_to: &str) -> bool {
+    reply_to.starts_with(WS_CONN_PREFIX)
+        && subject
+            .strip_prefix(reply_to)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|control| WS_CONTROLS.contains(&control))
+}
+
 /// Longest subject (or pattern) in bytes. NATS closes a connection whose control line
 /// (`PUB subject reply size`) passes 4 KiB; a subject and a reply subject of this size
 /// stay well under it.

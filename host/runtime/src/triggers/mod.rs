@@ -1,5 +1,6 @@
 //! Triggers: what calls a component. [`http`] serves its routes; [`messaging`] delivers
-//! the messages of its subscriptions. Each trigger is one module with
+//! the messages of its subscriptions; [`websocket`] the events of the WebSocket
+//! connections its routes accept. Each trigger is one module with
 //! - its export: a `Pre` impl for the typed export it calls, linked at deploy into an
 //!   [`Entry`](crate::instance::Entry) with its pool (a spec that needs it from a component without it: refused);
 //! - its calls, through the one call path (`call.rs`: take or instantiate, deadline,
@@ -16,6 +17,7 @@
 
 pub mod http;
 pub mod messaging;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -31,10 +33,12 @@ use crate::store_data::StoreData;
 /// Every trigger of a host whose message bus is `bus`: the HTTP trigger (also returned on
 /// its own, for the listener) and the rest. The one list to extend with a new trigger.
 pub fn all(bus: &Arc<dyn MessageBus>) -> (Arc<http::HttpTrigger>, Vec<Arc<dyn Trigger>>) {
-    let http = Arc::new(http::HttpTrigger::new());
+    let websocket = websocket::WebSocketTrigger::new(bus.clone());
+    let http = Arc::new(http::HttpTrigger::new(websocket.clone()));
     let all: Vec<Arc<dyn Trigger>> = vec![
         http.clone(),
         Arc::new(messaging::MessagingTrigger::new(bus.clone())),
+        websocket,
     ];
     (http, all)
 }

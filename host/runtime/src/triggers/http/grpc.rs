@@ -60,7 +60,7 @@ impl HttpError {
             HttpError::HostFull => Code::Unavailable,
             HttpError::Deadline { .. } | HttpError::ClientDeadline(_) => Code::DeadlineExceeded,
             HttpError::GuestFailed { .. } => Code::Internal,
-            HttpError::BadRequest(_) => Code::InvalidArgument,
+            HttpError::BadRequest(_) | HttpError::UpgradeRequired(_) => Code::InvalidArgument,
         }
     }
 

@@ -73,15 +73,20 @@ pub fn handler_kind(deployment: &Deployment) -> Option<&'static str> {
 
 /// The HTTP trigger: the route table of every live deployment, rebuilt whenever the live
 /// set changes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HttpTrigger {
     routes: ArcSwap<RouteTable>,
+    /// Where upgrades on WebSocket routes go.
+    websocket: Arc<super::websocket::WebSocketTrigger>,
 }
 
 impl HttpTrigger {
-    /// A trigger with no routes yet.
-    pub fn new() -> HttpTrigger {
-        HttpTrigger::default()
+    /// A trigger with no routes yet, handing WebSocket upgrades to `websocket`.
+    pub fn new(websocket: Arc<super::websocket::WebSocketTrigger>) -> HttpTrigger {
+        HttpTrigger {
+            routes: ArcSwap::default(),
+            websocket,
+        }
     }
 
     /// The axum app that serves every route of every deployment.
@@ -109,7 +114,8 @@ impl Trigger for HttpTrigger {
             if let Some(service) = p3::ServiceExport::link(pre, spec, budget) {
                 return Ok(Some(Box::new(service)));
             }
-            if !spec.routes.is_empty() {
+            // WebSocket routes need the messaging handler instead (`websocket.rs`).
+            if spec.routes.iter().any(|r| !r.websocket) {
                 return Err(DeployError::WrongWorld(format!(
                     "the component exports no HTTP handler, so it cannot serve HTTP routes (weft serves `wasi:http/incoming-handler@0.2.x`, the `wasi:http/proxy` world, and `wasi:http/handler@0.3.0`, the `wasi:http/service` world): {}",
                     crate::deployment::what_it_exports(pre)
@@ -174,6 +180,8 @@ pub enum HttpError {
     GuestFailed { component: String, cause: String },
     /// The request cannot be handed to a component.
     BadRequest(String),
+    /// A WebSocket route got a request that is not a valid upgrade.
+    UpgradeRequired(String),
 }
 
 impl HttpError {
@@ -213,6 +221,10 @@ impl HttpError {
                 format!("component `{component}` failed to handle the request"),
             ),
             HttpError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+            HttpError::UpgradeRequired(why) => (
+                StatusCode::UPGRADE_REQUIRED,
+                format!("this is a WebSocket route: {why}"),
+            ),
         }
     }
 
@@ -231,6 +243,11 @@ impl IntoResponse for HttpError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            HttpError::UpgradeRequired(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             }
             HttpError::MethodNotAllowed { allow } => {
                 let allow = allow
@@ -253,8 +270,8 @@ async fn handle(
     request: Request,
 ) -> Result<Response, HttpError> {
     let routes = trigger.routes.load();
-    let deployment = match routes.lookup(request.method(), request.uri().path()) {
-        Routed::Found(route) => route.deployment.clone(),
+    let (deployment, websocket) = match routes.lookup(request.method(), request.uri().path()) {
+        Routed::Found(route) => (route.deployment.clone(), route.websocket),
         Routed::MethodNotAllowed(allow) => return Err(HttpError::MethodNotAllowed { allow }),
         Routed::NotFound => {
             return Err(HttpError::NotFound {
@@ -264,6 +281,9 @@ async fn handle(
         }
     };
     drop(routes);
+    if websocket {
+        return trigger.websocket.upgrade(&deployment, request).await;
+    }
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     dispatch(&deployment, request).await
 }

@@ -19,6 +19,8 @@ pub struct Route {
     methods: Vec<Method>,
     /// Who serves it.
     pub deployment: Arc<Deployment>,
+    /// Whether it takes WebSocket upgrades.
+    pub websocket: bool,
 }
 
 /// What routing a request found.
@@ -54,6 +56,7 @@ impl RouteTable {
                     pattern,
                     methods,
                     deployment: deployment.clone(),
+                    websocket: spec.websocket,
                 });
             }
         }

@@ -1,0 +1,540 @@
+//! WebSockets: a route with `websocket = true` accepts upgrades. The host owns each
+//! connection; the component handles its events through the messaging handler it
+//! already exports (`wasmcloud:messaging/handler`), one call per event, in a fresh (or
+//! reused) instance like any other call, so no instance is held for a connection's
+//! lifetime.
+//!
+//! Subjects (the one place they are named; the README's *WebSockets* documents them):
+//! - every connection has a subject `ws.conn.HOST.N`; its events reach the component
+//!   as messages on `ws.conn.HOST.N.open` (body: the request's path and query),
+//!   `.text`, `.binary` and `.close`, with the connection's subject as `reply_to`;
+//! - a message published to `ws.conn.HOST.N` goes to that client (a text frame if it is
+//!   UTF-8, else binary; `ws.conn.HOST.N.binary` always binary); to
+//!   `ws.conn.HOST.N.join` or `.leave` (body: a group name) adds it to or removes it
+//!   from a group; to `.close` closes it (body: the reason);
+//! - a message published to `ws.group.NAME` goes to every member, on every host.
+//!
+//! A handler may always publish to the connection whose event it handles, and to that
+//! connection's `.join`, `.leave`, `.close` and `.binary` (checked in
+//! `capabilities::messaging`, named in `spec::subject`);
+//! anything else (another connection, a group) needs `allowed_publish`. With NATS,
+//! every subject crosses hosts, so fan-out works across the fleet.
+//!
+//! Events of one connection are handled in order, one at a time: the next frame is
+//! read once the previous event's call returned. Frames to a client wait in a buffer
+//! of [`OUTBOUND_BUFFER`]; a client that lets it fill is closed with 1008.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use wasmtime::component::InstancePre;
+
+use super::http::HttpError;
+use super::{Attachment, Trigger};
+use crate::bus::{Message, MessageBus};
+use crate::deployment::{DeployError, Deployment, LinkedExport, Snapshot};
+use crate::instance::IdleBudget;
+use crate::spec::ValidSpec;
+use crate::spec::subject::{WS_CONN_PREFIX as CONN_PREFIX, WS_GROUP_PREFIX as GROUP_PREFIX};
+use crate::store_data::StoreData;
+
+/// Frames waiting to be written to one client.
+pub const OUTBOUND_BUFFER: usize = 256;
+
+/// How long a close frame may take to reach a client (behind what it has not read).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Messages waiting in the host's subscription to its connections' subjects.
+const INBOX_BUFFER: usize = 4096;
+
+/// Close codes (RFC 6455).
+const NORMAL: u16 = 1000;
+const GOING_AWAY: u16 = 1001;
+const POLICY: u16 = 1008;
+const TOO_BIG: u16 = 1009;
+
+/// The WebSocket trigger: the connections this host holds and their groups.
+#[derive(Debug)]
+pub struct WebSocketTrigger {
+    bus: Arc<dyn MessageBus>,
+    /// This host's token in connection subjects (random per start).
+    host: String,
+    next: AtomicU64,
+    live: ArcSwap<HashMap<String, Arc<Deployment>>>,
+    state: Mutex<State>,
+    /// The subscription to `ws.conn.HOST.>`, made before the first connection's first
+    /// event (so no answer to it is lost).
+    inbox: tokio::sync::OnceCell<()>,
+    /// Itself, for the attachments' detach futures.
+    me: std::sync::Weak<WebSocketTrigger>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    connections: HashMap<u64, Connection>,
+    groups: HashMap<String, Group>,
+}
+
+#[derive(Debug)]
+struct Connection {
+    component: String,
+    outbound: mpsc::Sender<Frame>,
+    close: watch::Sender<Option<(u16, String)>>,
+    groups: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Group {
+    members: HashSet<u64>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl WebSocketTrigger {
+    /// A trigger with no connections, on `bus`.
+    pub fn new(bus: Arc<dyn MessageBus>) -> Arc<WebSocketTrigger> {
+        use rand::Rng;
+        let host: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(10)
+            .map(char::from)
+            .collect();
+        Arc::new_cyclic(|me| WebSocketTrigger {
+            bus,
+            host,
+            next: AtomicU64::new(1),
+            live: ArcSwap::default(),
+            state: Mutex::default(),
+            inbox: tokio::sync::OnceCell::new(),
+            me: me.clone(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connections open now (all components).
+    pub fn open_connections(&self) -> usize {
+        self.state().connections.len()
+    }
+
+    /// Accepts an upgrade request for a WebSocket route of `deployment`, or says why not.
+    pub async fn upgrade(
+        self: &Arc<Self>,
+        deployment: &Arc<Deployment>,
+        request: axum::extract::Request,
+    ) -> Result<Response, HttpError> {
+        let limits = deployment.spec.limits;
+        let component = deployment.name.clone();
+        let open = self
+            .state()
+            .connections
+            .values()
+            .filter(|c| c.component == component)
+            .count();
+        if open >= limits.ws_max_connections as usize {
+            return Err(HttpError::Overloaded { component });
+        }
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let (mut parts, _body) = request.into_parts();
+        let upgrade =
+            <WebSocketUpgrade as axum::extract::FromRequestParts<()>>::from_request_parts(
+                &mut parts,
+                &(),
+            )
+            .await
+            .map_err(|rejection| HttpError::UpgradeRequired(rejection.body_text()))?;
+        let max = limits.ws_max_message_bytes as usize;
+        let idle = Duration::from_millis(limits.ws_idle_timeout_ms);
+        let this = self.clone();
+        Ok(upgrade
+            .max_message_size(max)
+            .max_frame_size(max)
+            .on_upgrade(move |socket| this.serve(socket, component, target, idle))
+            .into_response())
+    }
+
+    /// Runs one connection until either side closes it.
+    async fn serve(
+        self: Arc<Self>,
+        socket: WebSocket,
+        component: String,
+        target: String,
+        idle: Duration,
+    ) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let subject = format!("{CONN_PREFIX}{}.{id}", self.host);
+        let (outbound, mut frames) = mpsc::channel::<Frame>(OUTBOUND_BUFFER);
+        let (close, mut closed) = watch::channel(None);
+        let mut closing = close.subscribe();
+        {
+            let mut state = self.state();
+            state.connections.insert(
+                id,
+                Connection {
+                    component: component.clone(),
+                    outbound,
+                    close,
+                    groups: HashSet::new(),
+                },
+            );
+        }
+        self.inbox
+            .get_or_init(|| async {
+                let pattern = format!("{CONN_PREFIX}{}.>", self.host);
+                match self.bus.subscribe(pattern.clone(), None, INBOX_BUFFER).await {
+                    Ok(subscription) => {
+                        tokio::spawn(Self::inbox(Arc::downgrade(&self), subscription));
+                    }
+                    Err(e) => tracing::error!(
+                        "websockets: cannot subscribe to `{pattern}`: {e}; no message can reach a connection"
+                    ),
+                }
+            })
+            .await;
+        let (mut sink, mut stream) = socket.split();
+        // Writes frames to the client until the connection is closed by either side,
+        // then the close frame.
+        let writer = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    frame = frames.recv() => match frame {
+                        Some(frame) => if sink.send(frame).await.is_err() { return },
+                        None => break,
+                    },
+                    _ = closed.changed() => break,
+                }
+            }
+            let (code, reason) = closed.borrow().clone().unwrap_or((NORMAL, String::new()));
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Frame::Close(Some(frame)))).await;
+        });
+        self.event(&component, &subject, "open", Bytes::from(target))
+            .await;
+        loop {
+            let next = tokio::select! {
+                // Closed by the host (or the component): the reader stops too.
+                _ = closing.changed() => break,
+                next = tokio::time::timeout(idle, stream.next()) => next,
+            };
+            let frame = match next {
+                Err(_) => {
+                    self.close(id, NORMAL, "idle for too long");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let too_big = e.to_string().contains("Space limit exceeded")
+                        || e.to_string().contains("too long")
+                        || e.to_string().contains("too big");
+                    if too_big {
+                        self.close(id, TOO_BIG, "message too big");
+                    }
+                    tracing::debug!(component = %component, "websocket ended: {e}");
+                    break;
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let (kind, body) = match frame {
+                Frame::Text(text) => ("text", Bytes::from(text.as_str().to_owned())),
+                Frame::Binary(bytes) => ("binary", bytes),
+                Frame::Close(_) => break,
+                // Answered by the library.
+                Frame::Ping(_) | Frame::Pong(_) => continue,
+            };
+            if !self.event(&component, &subject, kind, body).await {
+                self.close(id, GOING_AWAY, "the component is not deployed");
+                break;
+            }
+        }
+        let groups = self
+            .state()
+            .connections
+            .get(&id)
+            .map(|c| c.groups.clone())
+            .unwrap_or_default();
+        for group in groups {
+            self.leave(id, &group);
+        }
+        self.event(&component, &subject, "close", Bytes::new())
+            .await;
+        // The writer sends a pending close frame, then ends.
+        if let Some(connection) = self.state().connections.remove(&id) {
+            drop(connection.outbound);
+            signal_close(&connection.close, NORMAL, "");
+        }
+        let _ = writer.await;
+    }
+
+    /// Hands one event to the live version of `component`; false if it is not deployed.
+    async fn event(&self, component: &str, subject: &str, kind: &str, body: Bytes) -> bool {
+        let Some(deployment) = self.live.load().get(component).cloned() else {
+            return false;
+        };
+        // Waits for a slot rather than failing: backpressure on the client.
+        let Ok(_permit) = deployment.concurrency.clone().acquire_owned().await else {
+            return false;
+        };
+        let message = Message {
+            subject: format!("{subject}.{kind}"),
+            reply_to: Some(subject.to_string()),
+            headers: Vec::new(),
+            body,
+        };
+        super::messaging::handle(&deployment, &*self.bus, message).await;
+        true
+    }
+
+    /// Closes connection `id` with `code` and `reason` (the first reason given wins).
+    fn close(&self, id: u64, code: u16, reason: &str) {
+        if let Some(c) = self.state().connections.get(&id) {
+            signal_close(&c.close, code, reason);
+        }
+    }
+
+    /// Queues `frame` for connection `id`; a full buffer closes it (a slow client).
+    fn send(&self, id: u64, frame: Frame) {
+        let state = self.state();
+        let Some(c) = state.connections.get(&id) else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = c.outbound.try_send(frame) {
+            tracing::info!(component = %c.component, "closing a websocket whose client reads too slowly");
+            signal_close(&c.close, POLICY, "the client reads too slowly");
+        }
+    }
+
+    /// Delivers what is published to this host's connection subjects.
+    async fn inbox(this: std::sync::Weak<Self>, mut subscription: crate::bus::Subscription) {
+        while let Some(message) = subscription.messages.recv().await {
+            let Some(this) = this.upgrade() else { return };
+            this.deliver(message).await;
+        }
+    }
+
+    /// One message to a connection subject of this host: a frame or a control.
+    async fn deliver(self: Arc<Self>, message: Message) {
+        // The error reply of a failed event handler: logged already.
+        if message.service_error().is_some() {
+            return;
+        }
+        let prefix = format!("{CONN_PREFIX}{}.", self.host);
+        let Some(rest) = message.subject.strip_prefix(&prefix) else {
+            return;
+        };
+        let (id, control) = rest.split_once('.').unwrap_or((rest, ""));
+        let Ok(id) = id.parse::<u64>() else { return };
+        let text = || String::from_utf8_lossy(&message.body).into_owned();
+        match control {
+            "" => self.send(id, frame_for(message.body.clone())),
+            "binary" => self.send(id, Frame::Binary(message.body.clone())),
+            "join" => self.join(id, &text()).await,
+            "leave" => self.leave(id, &text()),
+            "close" => self.close(id, NORMAL, &text()),
+            other => tracing::debug!("websockets: unknown control `{other}`"),
+        }
+    }
+
+    /// Adds connection `id` to `group`, subscribing to the group on first use.
+    async fn join(self: &Arc<Self>, id: u64, group: &str) {
+        let subject = format!("{GROUP_PREFIX}{group}");
+        if !crate::spec::subject::valid_subject(&subject) || group.contains(['*', '>']) {
+            tracing::info!("websockets: `{group}` is not a valid group name");
+            return;
+        }
+        let subscribed = {
+            let mut state = self.state();
+            let Some(c) = state.connections.get_mut(&id) else {
+                return;
+            };
+            c.groups.insert(group.to_string());
+            match state.groups.get_mut(group) {
+                Some(g) => {
+                    g.members.insert(id);
+                    true
+                }
+                None => false,
+            }
+        };
+        if subscribed {
+            return;
+        }
+        let subscription = match self
+            .bus
+            .subscribe(subject.clone(), None, INBOX_BUFFER)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("websockets: cannot subscribe to `{subject}`: {e}");
+                return;
+            }
+        };
+        let this = Arc::downgrade(self);
+        let name = group.to_string();
+        let forward = tokio::spawn(async move {
+            let mut subscription = subscription;
+            while let Some(message) = subscription.messages.recv().await {
+                let Some(this) = this.upgrade() else { return };
+                let members: Vec<u64> = this
+                    .state()
+                    .groups
+                    .get(&name)
+                    .map(|g| g.members.iter().copied().collect())
+                    .unwrap_or_default();
+                for member in members {
+                    this.send(member, frame_for(message.body.clone()));
+                }
+            }
+        });
+        let mut state = self.state();
+        let still_open = state.connections.contains_key(&id);
+        match state.groups.get_mut(group) {
+            // Another join subscribed meanwhile.
+            Some(g) => {
+                forward.abort();
+                if still_open {
+                    g.members.insert(id);
+                }
+            }
+            None if still_open => {
+                state.groups.insert(
+                    group.to_string(),
+                    Group {
+                        members: HashSet::from([id]),
+                        forward,
+                    },
+                );
+            }
+            None => forward.abort(),
+        }
+    }
+
+    /// Removes connection `id` from `group`; the last member unsubscribes.
+    fn leave(&self, id: u64, group: &str) {
+        let mut state = self.state();
+        if let Some(c) = state.connections.get_mut(&id) {
+            c.groups.remove(group);
+        }
+        let empty = state.groups.get_mut(group).is_some_and(|g| {
+            g.members.remove(&id);
+            g.members.is_empty()
+        });
+        if empty && let Some(g) = state.groups.remove(group) {
+            g.forward.abort();
+        }
+    }
+
+    /// Closes every connection of `component` and waits (a little) until they are gone.
+    async fn close_all(&self, component: &str, reason: &str) {
+        {
+            let state = self.state();
+            for c in state
+                .connections
+                .values()
+                .filter(|c| c.component == component)
+            {
+                signal_close(&c.close, GOING_AWAY, reason);
+            }
+        }
+        for _ in 0..200 {
+            let open = self
+                .state()
+                .connections
+                .values()
+                .any(|c| c.component == component);
+            if !open {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Asks a connection's writer to close it, unless it was asked already.
+fn signal_close(signal: &watch::Sender<Option<(u16, String)>>, code: u16, reason: &str) {
+    signal.send_if_modified(|state| {
+        if state.is_some() {
+            return false;
+        }
+        *state = Some((code, reason.to_string()));
+        true
+    });
+}
+
+/// A text frame if `body` is UTF-8, else a binary one.
+fn frame_for(body: Bytes) -> Frame {
+    match std::str::from_utf8(&body) {
+        Ok(text) => Frame::Text(text.into()),
+        Err(_) => Frame::Binary(body),
+    }
+}
+
+impl Trigger for WebSocketTrigger {
+    fn export(&self) -> &'static str {
+        "wasmcloud:messaging/handler (for WebSocket events)"
+    }
+
+    /// Checks that a component with WebSocket routes can take their events; the
+    /// messaging trigger links the handler itself.
+    fn link(
+        &self,
+        pre: &InstancePre<StoreData>,
+        spec: &ValidSpec,
+        _budget: &Arc<IdleBudget>,
+    ) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
+        let websocket = spec.routes.iter().any(|r| r.websocket);
+        if websocket && super::messaging::GuestMessageHandlerPre::new(pre.clone()).is_err() {
+            return Err(DeployError::WrongWorld(
+                "the component has a WebSocket route but does not export `wasmcloud:messaging/handler@0.2.0`, which takes its connections' events".into(),
+            ));
+        }
+        Ok(None)
+    }
+
+    fn attach<'a>(
+        &'a self,
+        deployment: &'a Arc<Deployment>,
+    ) -> BoxFuture<'a, Result<Attachment, DeployError>> {
+        let weak = self.me.clone();
+        let deployment = deployment.clone();
+        async move {
+            Ok(Attachment::new(
+                async move {
+                    // Replaced by a newer version: its connections stay open and go on
+                    // with it. Undeployed, or the host shutting down: they close.
+                    let Some(this) = weak.upgrade() else { return };
+                    let current = this.live.load().get(&deployment.name).cloned();
+                    let replaced = current.is_some_and(|c| !Arc::ptr_eq(&c, &deployment));
+                    if !replaced {
+                        this.close_all(&deployment.name, "the component is going away")
+                            .await;
+                    }
+                }
+                .boxed(),
+            ))
+        }
+        .boxed()
+    }
+
+    fn went_live(&self, live: &Snapshot) {
+        self.live
+            .store(Arc::new(live.by_name.clone().into_iter().collect()));
+    }
+}
