@@ -65,6 +65,7 @@ impl Guest for Faults {
                 param(query, "chunks", 5),
                 param(query, "delay_ms", 100),
             ),
+            "/events" => events(out, param(query, "n", 5), param(query, "every_ms", 100)),
             "/echo" => match read_body(&request) {
                 Ok(body) => respond(
                     out,
@@ -158,6 +159,27 @@ fn param(query: &str, name: &str, default: u64) -> u64 {
         .find(|(k, _)| *k == name)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Server-sent events: `n` events `data: I`, one every `every_ms`, each flushed alone.
+fn events(out: ResponseOutparam, n: u64, every_ms: u64) {
+    let headers = Fields::new();
+    let _ = headers.append("content-type", b"text/event-stream");
+    let _ = headers.append("cache-control", b"no-cache");
+    let response = OutgoingResponse::new(headers);
+    let Ok(body) = response.body() else { return };
+    ResponseOutparam::set(out, Ok(response));
+    let Ok(stream) = body.write() else { return };
+    for i in 0..n {
+        if i > 0 {
+            monotonic_clock::subscribe_duration(every_ms * 1_000_000).block();
+        }
+        if !write_all(&stream, format!("id: {i}\ndata: event {i}\n\n").as_bytes()) {
+            return;
+        }
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
 }
 
 fn slow(out: ResponseOutparam, chunks: u64, delay_ms: u64) {

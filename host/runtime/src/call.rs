@@ -111,6 +111,8 @@ impl<P: Pre> Call<P> {
             Some((exports, uses)) => (Some(exports), uses),
             None => (None, 0),
         };
+        // The deadline may move later while the guest runs (a streaming response).
+        let shared = store.data().deadline();
         let call = async {
             let exports = match exports {
                 Some(exports) => exports,
@@ -119,9 +121,16 @@ impl<P: Pre> Call<P> {
             let output = invoke.invoke(&exports, &mut store).await?;
             anyhow::Ok((exports, output))
         };
-        let result = match tokio::time::timeout_at(deadline.into(), call).await {
-            Ok(result) => result,
-            Err(_) => Err(Trap::Interrupt.into()),
+        let result = {
+            tokio::pin!(call);
+            let mut until = deadline;
+            loop {
+                match tokio::time::timeout_at(until.into(), &mut call).await {
+                    Ok(result) => break result,
+                    Err(_) if shared.get() > until => until = shared.get(),
+                    Err(_) => break Err(Trap::Interrupt.into()),
+                }
+            }
         };
         match result {
             Ok((exports, output)) => {

@@ -2,6 +2,7 @@
 //! deployment's [`Grants`], with its memory cap and the deadline of the call it serves;
 //! and the one `Linker` setup that registers every capability against it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::{Linker, ResourceTable};
@@ -30,8 +31,44 @@ pub struct StoreData {
     config: ConfigGrant,
     limits: InstanceLimits,
     stderr: Tail,
-    /// When the current call must end; read by the epoch callback.
-    deadline: Instant,
+    /// When the current call must end; read by the epoch callback, moved later by the
+    /// call path (a streaming response's body, a 0.3 instance's next request).
+    deadline: Arc<Deadline>,
+}
+
+/// A call's deadline, shared between the store's epoch callback and the call path, so
+/// the deadline can move while the guest runs (never earlier).
+#[derive(Debug)]
+pub struct Deadline {
+    /// Nanoseconds after [`DEADLINE_BASE`].
+    nanos: std::sync::atomic::AtomicU64,
+}
+
+static DEADLINE_BASE: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+impl Deadline {
+    /// A deadline at `when`.
+    pub fn at(when: Instant) -> Arc<Deadline> {
+        Arc::new(Deadline {
+            nanos: std::sync::atomic::AtomicU64::new(Deadline::nanos(when)),
+        })
+    }
+
+    /// When it is now.
+    pub fn get(&self) -> Instant {
+        *DEADLINE_BASE
+            + std::time::Duration::from_nanos(self.nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Moves it to `when`, if that is later.
+    pub fn extend_to(&self, when: Instant) {
+        self.nanos
+            .fetch_max(Deadline::nanos(when), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn nanos(when: Instant) -> u64 {
+        u64::try_from(when.saturating_duration_since(*DEADLINE_BASE).as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Table elements one instance may hold across all of its tables.
@@ -110,14 +147,15 @@ impl StoreData {
             config: grants.config.clone(),
             limits: InstanceLimits::new(memory_bytes),
             stderr,
-            deadline: call.deadline,
+            deadline: Deadline::at(call.deadline),
         }
     }
 
     /// Prepares a kept instance for its next call.
     pub fn rearm(store: &mut Store<StoreData>, call: CallContext) {
         let data = store.data_mut();
-        data.deadline = call.deadline;
+        // A new one: whoever held the last call's deadline cannot move this call's.
+        data.deadline = Deadline::at(call.deadline);
         data.messaging.set_reply_to(call.reply_to);
         store.set_epoch_deadline(1);
     }
@@ -125,7 +163,12 @@ impl StoreData {
     /// Moves the deadline of an instance serving several calls at once (a 0.3 HTTP
     /// instance) to `deadline`, if that is later: the epoch callback stops it then.
     pub fn extend_deadline(&mut self, deadline: Instant) {
-        self.deadline = self.deadline.max(deadline);
+        self.deadline.extend_to(deadline);
+    }
+
+    /// The current call's deadline, to move it later while the guest runs.
+    pub fn deadline(&self) -> Arc<Deadline> {
+        self.deadline.clone()
     }
 
     /// The key-value capability's view.
@@ -187,7 +230,7 @@ pub fn new_store(
     // requests on this thread, and trap once the deadline has passed.
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|store| {
-        if Instant::now() >= store.data().deadline {
+        if Instant::now() >= store.data().deadline.get() {
             Err(Trap::Interrupt.into())
         } else {
             Ok(UpdateDeadline::Yield(1))

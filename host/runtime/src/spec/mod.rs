@@ -111,6 +111,11 @@ pub struct Limits {
     /// Outgoing HTTP requests the component's instances may have open at once (each
     /// instance also at most 16); more fail with `connection-limit-reached`.
     pub max_outbound_requests: u32,
+    /// How long a response body may go on streaming once its head is sent, in
+    /// milliseconds, instead of ending at `timeout_ms` from the request's start: for
+    /// server-sent events and other long streams. 0 (the default): `timeout_ms` bounds
+    /// the whole response. At most [`MAX_STREAM_TIMEOUT_MS`].
+    pub stream_timeout_ms: u64,
     /// WebSocket connections open at once on this host (more: 503 before the upgrade).
     pub ws_max_connections: u32,
     /// Largest WebSocket message (and frame) a client may send, in bytes (larger: the
@@ -134,12 +139,16 @@ impl Default for Limits {
             kv_max_batch_keys: 1000,
             kv_max_batch_bytes: 16 * 1024 * 1024,
             max_outbound_requests: 64,
+            stream_timeout_ms: 0,
             ws_max_connections: 1000,
             ws_max_message_bytes: 64 * 1024,
             ws_idle_timeout_ms: 300_000,
         }
     }
 }
+
+/// Upper bound on `stream_timeout_ms`: a day.
+pub const MAX_STREAM_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Upper bound on `memory_mb`: the host's pooling allocator reserves this much per slot.
 pub const MAX_MEMORY_MB: u64 = 4096;
@@ -210,6 +219,12 @@ impl ComponentSpec {
             return Err(SpecError::new(
                 "limits.memory_mb",
                 format!("must be between 1 and {MAX_MEMORY_MB}"),
+            ));
+        }
+        if l.stream_timeout_ms > MAX_STREAM_TIMEOUT_MS {
+            return Err(SpecError::new(
+                "limits.stream_timeout_ms",
+                format!("must be at most {MAX_STREAM_TIMEOUT_MS} (a day)"),
             ));
         }
         if l.max_concurrency == 0 {

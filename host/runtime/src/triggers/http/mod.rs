@@ -350,6 +350,7 @@ pub async fn dispatch(
         });
     };
     let deadline = call.deadline();
+    let shared_deadline = call.store_mut().data().deadline();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let scheme = if request.extensions().get::<crate::listener::Tls>().is_some() {
         Scheme::Https
@@ -441,6 +442,13 @@ pub async fn dispatch(
         Ok(Ok(Ok(response))) => {
             if exceeded.load(Ordering::Relaxed) {
                 return Err(HttpError::PayloadTooLarge { limit });
+            }
+            // The head is out: a streaming component's body may go on for longer.
+            let stream = deployment.spec.limits.stream_timeout_ms;
+            if stream > 0 {
+                shared_deadline.extend_to(
+                    std::time::Instant::now() + std::time::Duration::from_millis(stream),
+                );
             }
             let (head, body) = response.into_parts();
             match gather(body).await {

@@ -296,6 +296,7 @@ impl HandlerState for Workers {
         crate::call::prepare_spare::<ServicePre<StoreData>>(&deployment);
         let limits = &deployment.spec.limits;
         let timeout = Duration::from_millis(limits.timeout_ms);
+        let stream = Duration::from_millis(limits.stream_timeout_ms);
         let expired = Arc::new(AtomicBool::new(false));
         Ok(Instance {
             store,
@@ -303,6 +304,7 @@ impl HandlerState for Workers {
             view: <StoreData as WasiHttpView>::http,
             expiration: Expiry {
                 timeout,
+                stream,
                 deployment: self.deployment.clone(),
                 expired: expired.clone(),
                 timer: Box::pin(tokio::time::sleep(timeout)),
@@ -310,6 +312,7 @@ impl HandlerState for Workers {
             state: Worker {
                 deployment: self.deployment.clone(),
                 timeout,
+                stream,
                 max_concurrent: limits.max_concurrent_per_instance as usize,
                 max_requests: limits.requests_per_instance as usize,
                 serving: Mutex::new(Vec::new()),
@@ -324,6 +327,8 @@ impl HandlerState for Workers {
 struct Worker {
     deployment: Weak<Deployment>,
     timeout: Duration,
+    /// `stream_timeout_ms`: how much longer a response body may stream after its head.
+    stream: Duration,
     max_concurrent: usize,
     max_requests: usize,
     /// The requests it took, to tell them why if it fails (answered ones are closed).
@@ -353,7 +358,8 @@ impl WorkerState for Worker {
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         let deadline = Instant::now() + self.timeout;
-        store.data_mut().extend_deadline(deadline);
+        // The epoch deadline also covers the body streaming after the head.
+        store.data_mut().extend_deadline(deadline + self.stream);
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         serving.retain(|tx| !tx.is_closed());
         serving.push(failed);
@@ -392,6 +398,7 @@ impl WorkerState for Worker {
 /// idle, after [`IDLE_INSTANCE_TTL`] or once its deployment is gone.
 struct Expiry {
     timeout: Duration,
+    stream: Duration,
     deployment: Weak<Deployment>,
     expired: Arc<AtomicBool>,
     timer: Pin<Box<tokio::time::Sleep>>,
@@ -409,7 +416,8 @@ impl WorkerExpiration for Expiry {
             // Looked at again every second, so an undeployed version's idle instances
             // give their slots back soon.
             WorkerStatus::Idle => (start + IDLE_INSTANCE_TTL).min(Instant::now() + IDLE_CHECK),
-            WorkerStatus::Requests | WorkerStatus::PostReturn => start + self.timeout,
+            WorkerStatus::Requests => start + self.timeout,
+            WorkerStatus::PostReturn => start + self.timeout + self.stream,
         };
         if self.timer.deadline() != until.into() {
             self.timer.as_mut().reset(until.into());
