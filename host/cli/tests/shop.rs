@@ -90,8 +90,93 @@ impl Env {
 conformance!(
     orders_reserve_stock_and_announce_themselves,
     the_last_item_goes_to_exactly_one_order,
-    redeploying_inventory_under_orders_loses_nothing
+    redeploying_inventory_under_orders_loses_nothing,
+    one_graphql_query_spans_orders_and_inventory
 );
+
+/// The gateway answers one query with fields from both services (orders over
+/// request/reply, each item's stock from inventory), and reports a field it cannot
+/// resolve as a GraphQL error, not a failed request.
+async fn one_graphql_query_spans_orders_and_inventory(env: Env) {
+    for (sku, stock) in [("pear", 7), ("fig", 3)] {
+        env.call(
+            "PUT",
+            &format!("/inventory/{sku}"),
+            Some(json!({ "stock": stock })),
+        )
+        .await;
+    }
+    let (status, order) = env
+        .call(
+            "POST",
+            "/orders",
+            Some(json!({ "customer": "bea", "items": [{ "sku": "pear", "qty": 2 }, { "sku": "fig", "qty": 1 }] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{order}");
+    let id = order["id"].as_str().unwrap();
+    let query = format!(
+        r#"{{ order(id: "{id}") {{ id customer items {{ sku qty inStock }} }} missing: order(id: "nope") {{ id }} }}"#
+    );
+    let (status, answer) = env
+        .call("POST", "/graphql", Some(json!({ "query": query })))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["errors"], Value::Null, "{answer}");
+    assert_eq!(
+        answer["data"],
+        json!({
+            "order": {
+                "id": id,
+                "customer": "bea",
+                "items": [
+                    { "sku": "pear", "qty": 2, "inStock": 5 },
+                    { "sku": "fig", "qty": 1, "inStock": 2 },
+                ],
+            },
+            "missing": null,
+        })
+    );
+    let (_, all) = env
+        .call(
+            "POST",
+            "/graphql",
+            Some(json!({ "query": "{ orders { id } }" })),
+        )
+        .await;
+    let ids: Vec<&str> = all["data"]["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert!(ids.contains(&id), "{all}");
+
+    // Without inventory, its field fails inside the answer; the rest still resolves.
+    env.host.deployments().undeploy("inventory").await.unwrap();
+    let query = format!(r#"{{ order(id: "{id}") {{ customer items {{ sku inStock }} }} }}"#);
+    let (status, partial) = env
+        .call("POST", "/graphql", Some(json!({ "query": query })))
+        .await;
+    assert_eq!(status, 200, "{partial}");
+    // (async-graphql leaves a failed nullable field out rather than setting it null.)
+    assert_eq!(partial["data"]["order"]["customer"], "bea", "{partial}");
+    assert_eq!(
+        partial["data"]["order"]["items"][1]["sku"], "fig",
+        "{partial}"
+    );
+    assert_eq!(
+        partial["errors"].as_array().map(Vec::len),
+        Some(2),
+        "{partial}"
+    );
+    let message = partial["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("shop.inventory.stock"), "{partial}");
+
+    // Not a GraphQL request.
+    let (status, _) = env.call("POST", "/graphql", Some(json!(42))).await;
+    assert_eq!(status, 400);
+}
 
 async fn orders_reserve_stock_and_announce_themselves(env: Env) {
     let bus = env.host.deployments().backends().bus.clone();

@@ -2,6 +2,8 @@
 //!
 //! - `shop.inventory.reserve` (request/reply) `{"items": [{"sku", "qty"}]}`: reserves all
 //!   items or none; replies `{"ok": true}` or `{"ok": false, "reason": "..."}`.
+//! - `shop.inventory.stock` (request/reply), body a SKU: replies `{"stock": available}`
+//!   (the gateway's `inStock`).
 //! - `GET /inventory`: `{"sku": available, ...}`; `PUT /inventory/:sku` `{"stock": n}`
 //!   sets what is available.
 //!
@@ -116,7 +118,18 @@ fn reserve(body: &[u8]) -> Value {
 
 impl MessageGuest for Inventory {
     fn handle_message(msg: BrokerMessage) -> Result<(), String> {
-        let answer = reserve(&msg.body);
+        let answer = if msg.subject.ends_with(".stock") {
+            let sku = String::from_utf8_lossy(&msg.body);
+            match store::open(BUCKET)
+                .map_err(|e| format!("{e:?}"))
+                .and_then(|b| available(&b, &sku))
+            {
+                Ok(stock) => json!({ "stock": stock }),
+                Err(e) => return Err(e),
+            }
+        } else {
+            reserve(&msg.body)
+        };
         match msg.reply_to {
             Some(reply_to) => consumer::publish(&BrokerMessage {
                 subject: reply_to,

@@ -7,11 +7,13 @@
 //!   request/reply (409 when it cannot, 503 when it does not answer), stores the order
 //!   in the `orders` bucket, publishes `shop.orders.created`, answers 201 with the order.
 //! - `GET /orders/:id` (404 when unknown), `GET /orders` (all, oldest first).
+//! - Request/reply (the gateway): `shop.order.get` (body an id) answers the order or
+//!   `null`; `shop.order.list` every order.
 
 // weft's capabilities, with the wit-bindgen that `wasip3` uses.
 wit_bindgen::generate!({
     path: "../../../wit",
-    world: "weft:platform/service-imports",
+    world: "weft:platform/service-imports-handler",
     generate_all,
 });
 
@@ -25,6 +27,7 @@ use wasmcloud::messaging::consumer;
 use wasmcloud::messaging::types::BrokerMessage;
 
 wasip3::http::service::export!(Orders);
+export!(Orders);
 
 const BUCKET: &str = "orders";
 const RESERVE: &str = "shop.inventory.reserve";
@@ -45,6 +48,29 @@ struct Order {
 }
 
 struct Orders;
+
+impl exports::wasmcloud::messaging::handler::Guest for Orders {
+    fn handle_message(msg: BrokerMessage) -> Result<(), String> {
+        let reply_to = msg
+            .reply_to
+            .ok_or("orders answers requests: a reply subject is required")?;
+        let answer = if msg.subject.ends_with(".list") {
+            list()
+        } else {
+            get(String::from_utf8_lossy(&msg.body).trim())
+        };
+        let body = match answer {
+            (200, value) => value,
+            (404, _) => Value::Null,
+            (_, value) => return Err(value.to_string()),
+        };
+        consumer::publish(&BrokerMessage {
+            subject: reply_to,
+            body: body.to_string().into_bytes(),
+            reply_to: None,
+        })
+    }
+}
 
 impl wasip3::exports::http::handler::Guest for Orders {
     async fn handle(request: Request) -> Result<Response, ErrorCode> {
