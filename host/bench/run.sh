@@ -42,9 +42,9 @@ if [ "$full" = 1 ]; then
   target/bench-tools/bin/wasmtime --version
 fi
 
-step "Rust components (hello, hello-p3, echo-responder, calculator)"
+step "Rust components (hello, hello-p3, echo-responder, calculator, chat)"
 rustup target add wasm32-wasip2 >/dev/null
-cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p hello-p3 -p echo-responder -p calculator
+cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p hello-p3 -p echo-responder -p calculator -p chat
 
 if [ "$full" = 1 ]; then
   step "JavaScript hello (componentize-js from npm)"

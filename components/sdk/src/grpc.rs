@@ -108,7 +108,7 @@ impl<T: Message + Default> Messages<T> {
     }
 
     /// The next message; `Ok(None)` once the client has finished sending.
-    pub fn next(&mut self) -> Result<Option<T>, Status> {
+    pub fn recv(&mut self) -> Result<Option<T>, Status> {
         loop {
             if let Some(message) = self.take_frame()? {
                 return T::decode(message.as_slice())
@@ -323,9 +323,9 @@ fn serve<Req, Rep>(
 /// The one message of a unary or server-streaming call.
 fn single<T: Message + Default>(messages: &mut Messages<T>) -> Result<T, Status> {
     let message = messages
-        .next()?
+        .recv()?
         .ok_or_else(|| Status::invalid_argument("the call carries no request message"))?;
-    if messages.next()?.is_some() {
+    if messages.recv()?.is_some() {
         return Err(Status::invalid_argument(
             "the call carries more than one request message",
         ));

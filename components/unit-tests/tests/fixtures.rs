@@ -37,6 +37,7 @@ fn http_route() -> ComponentSpec {
         routes: vec![RouteSpec {
             path: "/x".into(),
             methods: vec![],
+            websocket: false,
         }],
         ..ComponentSpec::default()
     }

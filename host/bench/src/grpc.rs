@@ -29,26 +29,15 @@ pub fn unary(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()
     );
     println!("\ngRPC unary ({command}):");
     let native = serve_native()?;
-    let dir = procs::work_dir();
-    let mut hosts = Vec::new();
-    for (name, reuse) in [("weft-grpc", 1), ("weft-grpc-reuse", REUSE)] {
-        let manifest = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &manifest,
-            format!(
-                "name = \"{name}\"\n[components.calculator]\nsource = \"{}\"\nroutes = [{{ path = \"/weft.example.calculator.v1.Calculator/...\" }}]\nlimits = {{ requests_per_instance = {reuse}, max_concurrency = 1024 }}\n",
-                wasm.calculator.display()
-            ),
-        )?;
-        let weft = procs::weft_up(
-            name,
-            &manifest,
-            &dir.join(format!("cache-{name}")),
-            &["--cranelift-only"],
-        )
-        .with_context(|| format!("starting {name}"))?;
+    let hosts = procs::fresh_and_reuse(
+        "weft-grpc",
+        "calculator",
+        &wasm.calculator,
+        "[{ path = \"/weft.example.calculator.v1.Calculator/...\" }]",
+        REUSE,
+    )?;
+    for weft in &hosts {
         answers(&weft.http)?;
-        hosts.push(weft);
     }
     let contestants = [
         Contestant {
@@ -168,18 +157,6 @@ fn load(url: &str, secs: u64) -> Result<Load> {
             latencies.extend(l);
             errors += e;
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        latencies.sort();
-        let percentile = |p: f64| {
-            latencies
-                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-                .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        };
-        Ok(Load {
-            rps: latencies.len() as f64 / elapsed,
-            p50_ms: percentile(0.50),
-            p99_ms: percentile(0.99),
-            errors,
-        })
+        Ok(Load::from_latencies(latencies, started.elapsed(), errors))
     })
 }

@@ -15,6 +15,27 @@ pub struct Load {
     pub errors: u64,
 }
 
+impl Load {
+    /// What a load generator of our own measured: each call's latency, over `elapsed`.
+    pub fn from_latencies(
+        mut latencies: Vec<std::time::Duration>,
+        elapsed: std::time::Duration,
+        errors: u64,
+    ) -> Load {
+        latencies.sort();
+        let percentile = |p: f64| {
+            let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+            latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+        };
+        Load {
+            rps: latencies.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            errors,
+        }
+    }
+}
+
 /// Connections wrk keeps open (the issue's `wrk -t1 -c32`).
 pub const CONNECTIONS: u32 = 32;
 

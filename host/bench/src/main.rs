@@ -4,6 +4,7 @@
 //!   and a native axum handler with the same response; then a 16 KiB JSON echo.
 //! - Large guests: JavaScript and Python hello components, weft vs `wasmtime serve`.
 //! - gRPC: unary calls to the example calculator component vs a native tonic service.
+//! - WebSocket: echo round trips through the chat component vs a native axum echo.
 //! - Messaging: request/reply through the echo-responder component vs a native
 //!   responder doing the same, on nats-server and on the embedded bus.
 //! - Deploy to first response (cold, and a restart with a warm cache), and density.
@@ -14,7 +15,7 @@
 //!
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
 //! to target/bench), `--only SECTION,...` with sections `http` (which includes `p3`, the
-//! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `messaging`
+//! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `websocket`, `messaging`
 //! (or one of its halves: `messaging-nats`, `messaging-embedded`), `deploy`, `density`.
 
 mod deploy;
@@ -26,6 +27,7 @@ mod native;
 mod procs;
 mod report;
 mod tools;
+mod websocket;
 
 use std::time::Instant;
 
@@ -124,6 +126,9 @@ fn run() -> Result<()> {
     }
     if settings.wants("grpc") {
         grpc::unary(&settings, &wasm, &mut report)?;
+    }
+    if settings.wants("websocket") {
+        websocket::echo(&settings, &wasm, &mut report)?;
     }
     if settings.wants("messaging") || settings.wants("messaging-nats") {
         messaging::nats(&settings, &wasm, &mut report)?;

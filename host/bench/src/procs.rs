@@ -151,6 +151,35 @@ pub fn weft_up(name: &str, manifest: &Path, cache: &Path, extra: &[&str]) -> Res
     Ok(weft)
 }
 
+/// Two `weft up` hosts serving `component` from `wasm` on `routes` (a TOML array), one
+/// with a fresh instance per call and one reusing instances for `reuse` calls, each
+/// with its own cache, compiled with Cranelift only.
+pub fn fresh_and_reuse(
+    prefix: &str,
+    component: &str,
+    wasm: &Path,
+    routes: &str,
+    reuse: u32,
+) -> Result<Vec<Weft>> {
+    let dir = work_dir();
+    let mut hosts = Vec::new();
+    for (name, requests) in [(prefix.to_string(), 1), (format!("{prefix}-reuse"), reuse)] {
+        let manifest = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"{name}\"\n[components.{component}]\nsource = \"{}\"\nroutes = {routes}\nlimits = {{ requests_per_instance = {requests}, max_concurrency = 1024 }}\n",
+                wasm.display()
+            ),
+        )?;
+        let cache = dir.join(format!("cache-{name}"));
+        let weft = weft_up(&name, &manifest, &cache, &["--cranelift-only"])
+            .with_context(|| format!("starting {name}"))?;
+        hosts.push(weft);
+    }
+    Ok(hosts)
+}
+
 /// `wasmtime serve` of the pinned version on a fresh port, with WASI CLI imports
 /// allowed (Rust std and the JS and Python runtimes import them).
 pub fn wasmtime_serve(name: &str, wasm: &Path, options: &[&str]) -> Result<(Proc, String)> {

@@ -28,6 +28,8 @@ pub struct Wasm {
     pub hello_p3: PathBuf,
     /// The gRPC example service (examples/grpc).
     pub calculator: PathBuf,
+    /// The WebSocket example (examples/chat): echoes binary messages to their sender.
+    pub chat: PathBuf,
     /// The Rust messaging component: answers like the native responder.
     pub echo_responder: PathBuf,
     /// The JavaScript hello component (componentize-js).
@@ -46,11 +48,17 @@ impl Wasm {
             hello: root.join("wasm32-wasip2/release/hello.wasm"),
             hello_p3: root.join("wasm32-wasip2/release/hello_p3.wasm"),
             calculator: root.join("wasm32-wasip2/release/calculator.wasm"),
+            chat: root.join("wasm32-wasip2/release/chat.wasm"),
             echo_responder: root.join("wasm32-wasip2/release/echo_responder.wasm"),
             js_hello: root.join("js/js-hello.wasm"),
             py_hello: root.join("py/py-hello.wasm"),
         };
-        let mut needed = vec![&wasm.hello, &wasm.echo_responder, &wasm.calculator];
+        let mut needed = vec![
+            &wasm.hello,
+            &wasm.echo_responder,
+            &wasm.calculator,
+            &wasm.chat,
+        ];
         if wasmtime_serve {
             needed.extend([&wasm.hello_p3, &wasm.js_hello, &wasm.py_hello]);
         }

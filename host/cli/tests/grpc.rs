@@ -172,7 +172,7 @@ async fn host_failures_become_grpc_statuses() {
         delay_ms: 3000,
         ..add(1, 1)
     };
-    let status = client.add(slow.clone()).await.unwrap_err();
+    let status = client.add(slow).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 
     // The client's grpc-timeout, shorter than the component's deadline: sent by a raw

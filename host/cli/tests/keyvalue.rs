@@ -48,6 +48,7 @@ async fn deploy_kv(host: &Host, name: &str, buckets: &[&str]) {
         routes: vec![RouteSpec {
             path: format!("/{name}/..."),
             methods: vec![],
+            websocket: false,
         }],
         buckets: buckets.iter().map(|b| b.to_string()).collect(),
         ..ComponentSpec::default()

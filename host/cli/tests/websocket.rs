@@ -38,6 +38,26 @@ fn chat(limits: Limits, allowed_publish: &[&str]) -> ComponentSpec {
     }
 }
 
+/// A host with the chat deployed (`limits`, `allowed_publish`).
+async fn chat_host(cache: &std::path::Path, limits: Limits, allowed_publish: &[&str]) -> Host {
+    let host = start_host(cache).await;
+    deploy(&host, "chat", "chat", chat(limits, allowed_publish)).await;
+    host
+}
+
+/// A host on `nats` with the chat deployed, its room granted.
+async fn chat_host_on_nats(cache: &std::path::Path, nats: &NatsServer) -> Host {
+    let host = start_host_on_nats(cache, nats).await;
+    deploy(
+        &host,
+        "chat",
+        "chat",
+        chat(Limits::default(), &["ws.group.chat"]),
+    )
+    .await;
+    host
+}
+
 async fn connect(host: &Host) -> Socket {
     let url = format!("ws://{}/chat/ws", host.http_addr());
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -88,14 +108,7 @@ async fn say(socket: &mut Socket, text: &str) {
 #[tokio::test]
 async fn events_reach_the_component_and_a_group_fans_out() {
     let cache = tempfile::tempdir().unwrap();
-    let host = start_host(cache.path()).await;
-    deploy(
-        &host,
-        "chat",
-        "chat",
-        chat(Limits::default(), &["ws.group.chat"]),
-    )
-    .await;
+    let host = chat_host(cache.path(), Limits::default(), &["ws.group.chat"]).await;
 
     // The page is an ordinary route of the same component.
     let page = reqwest::get(url(&host, "/chat")).await.unwrap();
@@ -147,8 +160,7 @@ async fn events_reach_the_component_and_a_group_fans_out() {
 #[tokio::test]
 async fn without_the_group_grant_nothing_fans_out() {
     let cache = tempfile::tempdir().unwrap();
-    let host = start_host(cache.path()).await;
-    deploy(&host, "chat", "chat", chat(Limits::default(), &[])).await;
+    let host = chat_host(cache.path(), Limits::default(), &[]).await;
     let (mut a, mut b) = (connect(&host).await, connect(&host).await);
     say(&mut a, "alice: anyone?").await;
     silent(&mut b, Duration::from_millis(300)).await;
@@ -206,14 +218,7 @@ async fn limits_close_with_the_right_code() {
 #[tokio::test]
 async fn a_redeploy_keeps_connections_and_an_undeploy_closes_them() {
     let cache = tempfile::tempdir().unwrap();
-    let host = start_host(cache.path()).await;
-    deploy(
-        &host,
-        "chat",
-        "chat",
-        chat(Limits::default(), &["ws.group.chat"]),
-    )
-    .await;
+    let host = chat_host(cache.path(), Limits::default(), &["ws.group.chat"]).await;
     let (mut a, mut b) = (connect(&host).await, connect(&host).await);
     let newer = Limits {
         timeout_ms: 20_000,
@@ -232,14 +237,7 @@ async fn a_redeploy_keeps_connections_and_an_undeploy_closes_them() {
 #[tokio::test]
 async fn shutdown_closes_connections_cleanly() {
     let cache = tempfile::tempdir().unwrap();
-    let host = start_host(cache.path()).await;
-    deploy(
-        &host,
-        "chat",
-        "chat",
-        chat(Limits::default(), &["ws.group.chat"]),
-    )
-    .await;
+    let host = chat_host(cache.path(), Limits::default(), &["ws.group.chat"]).await;
     let mut a = connect(&host).await;
     let shutdown = tokio::spawn(host.shutdown());
     assert_eq!(close_code(&mut a).await.0, CloseCode::Away);
@@ -255,17 +253,10 @@ async fn groups_fan_out_across_hosts_on_nats() {
         return;
     };
     let (cache1, cache2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let one = start_host_on_nats(cache1.path(), &nats).await;
-    let two = start_host_on_nats(cache2.path(), &nats).await;
-    for host in [&one, &two] {
-        deploy(
-            host,
-            "chat",
-            "chat",
-            chat(Limits::default(), &["ws.group.chat"]),
-        )
-        .await;
-    }
+    let (one, two) = (
+        chat_host_on_nats(cache1.path(), &nats).await,
+        chat_host_on_nats(cache2.path(), &nats).await,
+    );
     let (mut a, mut b) = (connect(&one).await, connect(&two).await);
     // The group subscriptions reach the server before the first message.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -298,17 +289,10 @@ async fn two_browsers_on_two_hosts_see_each_other() {
     let browser_dir = workspace_root().join("examples/chat/browser");
     install_playwright(&browser_dir);
     let (cache1, cache2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let one = start_host_on_nats(cache1.path(), &nats).await;
-    let two = start_host_on_nats(cache2.path(), &nats).await;
-    for host in [&one, &two] {
-        deploy(
-            host,
-            "chat",
-            "chat",
-            chat(Limits::default(), &["ws.group.chat"]),
-        )
-        .await;
-    }
+    let (one, two) = (
+        chat_host_on_nats(cache1.path(), &nats).await,
+        chat_host_on_nats(cache2.path(), &nats).await,
+    );
     let (url1, url2) = (
         format!("http://{}", one.http_addr()),
         format!("http://{}", two.http_addr()),

@@ -59,7 +59,7 @@ fn range(request: RangeRequest, replies: &mut Replies<Number>) -> Result<(), Sta
 
 fn sum(numbers: &mut Messages<Number>) -> Result<Number, Status> {
     let mut total: i64 = 0;
-    while let Some(n) = numbers.next()? {
+    while let Some(n) = numbers.recv()? {
         total = total.wrapping_add(n.value);
     }
     Ok(Number { value: total })
@@ -70,7 +70,7 @@ fn running_total(
     replies: &mut Replies<Number>,
 ) -> Result<(), Status> {
     let mut total: i64 = 0;
-    while let Some(n) = numbers.next()? {
+    while let Some(n) = numbers.recv()? {
         total = total.wrapping_add(n.value);
         replies.send(&Number { value: total })?;
     }
