@@ -54,10 +54,10 @@ pub fn echo(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()>
     // Deploys finish after the admin API answers: wait for an echo.
     for c in &contestants {
         let started = Instant::now();
-        while load(&c.url, 0).is_err() {
+        while let Err(e) = load(&c.url, 0) {
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(120),
-                "{} did not echo within 2 minutes",
+                "{} did not echo within 2 minutes: {e:#}",
                 c.url
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -137,15 +137,20 @@ fn load(url: &str, secs: u64) -> Result<Load> {
                             errors += 1;
                             break;
                         }
-                        match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
-                            Ok(Some(Ok(Message::Binary(b)))) if &b[..] == PAYLOAD => {
-                                latencies.push(sent.elapsed());
+                        // The chat greets each connection with a text frame first.
+                        let echoed = loop {
+                            match tokio::time::timeout(Duration::from_secs(5), socket.next()).await
+                            {
+                                Ok(Some(Ok(Message::Text(_)))) => continue,
+                                Ok(Some(Ok(Message::Binary(b)))) => break &b[..] == PAYLOAD,
+                                _ => break false,
                             }
-                            _ => {
-                                errors += 1;
-                                break;
-                            }
+                        };
+                        if !echoed {
+                            errors += 1;
+                            break;
                         }
+                        latencies.push(sent.elapsed());
                         if Instant::now() >= until {
                             break;
                         }

@@ -82,7 +82,7 @@ impl Trigger for MessagingTrigger {
     }
 
     /// The component's `wasmcloud:messaging/handler`, with a pool of up to one idle
-    /// instance per message its subscriptions may have in flight.
+    /// instance per message its subscriptions (and WebSocket events) may have in flight.
     fn link(
         &self,
         pre: &InstancePre<StoreData>,
@@ -97,7 +97,11 @@ impl Trigger for MessagingTrigger {
             }
             return Ok(None);
         };
-        let in_flight = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
+        let mut in_flight: u32 = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
+        // WebSocket events arrive here too, up to `max_concurrency` at once.
+        if spec.routes.iter().any(|r| r.websocket) {
+            in_flight = in_flight.saturating_add(spec.limits.max_concurrency);
+        }
         let pool = InstancePool::new(spec.limits.requests_per_instance, in_flight, budget.clone());
         Ok(Some(Box::new(Entry { pre, pool })))
     }
