@@ -158,6 +158,40 @@ async fn events_reach_the_component_and_a_group_fans_out() {
 }
 
 #[tokio::test]
+async fn a_browser_from_a_foreign_origin_is_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let spec = ComponentSpec {
+        websocket_origins: vec!["https://app.example.com".into()],
+        ..chat(Limits::default(), &["ws.group.chat"])
+    };
+    deploy(&host, "chat", "chat", spec).await;
+    let url = format!("ws://{}/chat/ws", host.http_addr());
+    let from = |origin: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    match from("https://evil.example").await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+        }
+        other => panic!("a foreign origin is refused: {other:?}"),
+    }
+    // The page's own origin, a listed one, and a client that is no browser.
+    let own = format!("http://{}", host.http_addr());
+    for origin in [own.as_str(), "https://app.example.com"] {
+        let (mut socket, _) = from(origin).await.unwrap();
+        assert_eq!(text(&mut socket).await, "* welcome to the chat", "{origin}");
+    }
+    connect(&host).await;
+    host.shutdown().await;
+}
+
+#[tokio::test]
 async fn without_the_group_grant_nothing_fans_out() {
     let cache = tempfile::tempdir().unwrap();
     let host = chat_host(cache.path(), Limits::default(), &[]).await;

@@ -117,6 +117,8 @@ struct RawComponent {
     allowed_publish: Vec<String>,
     #[serde(default)]
     buckets: Vec<String>,
+    #[serde(default)]
+    websocket_origins: Vec<String>,
 }
 
 impl Manifest {
@@ -168,6 +170,7 @@ impl Manifest {
                 subscriptions: entry.subscriptions,
                 allowed_publish: entry.allowed_publish,
                 buckets: entry.buckets,
+                websocket_origins: entry.websocket_origins,
             };
             validate_name(&name).map_err(|e| {
                 let span = key_span(text, &format!("components.{name}"));

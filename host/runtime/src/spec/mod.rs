@@ -39,6 +39,12 @@ pub struct ComponentSpec {
     /// Key-value buckets the guest may open.
     #[serde(default)]
     pub buckets: Vec<String>,
+    /// Browser origins (`https://app.example.com`) besides the page's own that may open
+    /// this component's WebSocket routes. A browser's upgrade from any other origin gets
+    /// `403` (cross-site WebSocket hijacking); clients that send no `Origin` are not
+    /// browsers and are let through.
+    #[serde(default)]
+    pub websocket_origins: Vec<String>,
 }
 
 /// One subscription: a subject and how its messages are shared.
@@ -339,6 +345,23 @@ impl ComponentSpec {
                 ));
             }
         }
+        for (i, origin) in self.websocket_origins.iter().enumerate() {
+            let uri: Option<http::Uri> = origin.parse().ok();
+            let valid = uri.is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && u.path_and_query()
+                        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+            }) && !origin.ends_with('/');
+            if !valid {
+                return Err(SpecError::new(
+                    format!("websocket_origins[{i}]"),
+                    format!(
+                        "`{origin}` is not an origin: write `https://host` or `http://host:port`, no path"
+                    ),
+                ));
+            }
+        }
         for (i, bucket) in self.buckets.iter().enumerate() {
             if !valid_bucket(bucket) {
                 return Err(SpecError::new(
@@ -414,6 +437,27 @@ mod tests {
         let err = check(&spec).unwrap_err();
         assert!(err.to_string().contains("upper-case"), "{err}");
         assert_eq!(err.key, "routes[0].methods[0]");
+    }
+
+    #[test]
+    fn websocket_origins_are_origins() {
+        let with = |origin: &str| ComponentSpec {
+            websocket_origins: vec![origin.to_string()],
+            ..ComponentSpec::default()
+        };
+        for good in ["https://app.example.com", "http://localhost:8080"] {
+            assert!(with(good).validate().is_ok(), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://a.com/x",
+            "ftp://a.com",
+            "*",
+        ] {
+            let error = with(bad).validate().unwrap_err();
+            assert_eq!(error.key, "websocket_origins[0]", "{bad}");
+        }
     }
 
     #[test]

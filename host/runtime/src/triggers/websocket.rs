@@ -144,6 +144,7 @@ impl WebSocketTrigger {
         if open >= limits.ws_max_connections as usize {
             return Err(HttpError::Overloaded { component });
         }
+        check_origin(deployment, &request)?;
         let target = request
             .uri()
             .path_and_query()
@@ -464,6 +465,38 @@ impl WebSocketTrigger {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// A browser's upgrade must come from the page's own origin (its authority is the
+/// request's `Host`) or one the component lists in `websocket_origins`.
+fn check_origin(
+    deployment: &Deployment,
+    request: &axum::extract::Request,
+) -> Result<(), HttpError> {
+    let Some(origin) = request.headers().get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let own = origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| Some(authority) == host);
+    let listed = deployment
+        .spec
+        .websocket_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin));
+    if own || listed {
+        Ok(())
+    } else {
+        Err(HttpError::Forbidden(format!(
+            "origin `{origin}` may not open this WebSocket (add it to `websocket_origins` in the manifest)"
+        )))
     }
 }
 

@@ -43,6 +43,7 @@ pub fn timeout(headers: &HeaderMap) -> Option<Duration> {
 pub enum Code {
     InvalidArgument = 3,
     DeadlineExceeded = 4,
+    PermissionDenied = 7,
     ResourceExhausted = 8,
     Unimplemented = 12,
     Internal = 13,
@@ -61,6 +62,7 @@ impl HttpError {
             HttpError::Deadline { .. } | HttpError::ClientDeadline(_) => Code::DeadlineExceeded,
             HttpError::GuestFailed { .. } => Code::Internal,
             HttpError::BadRequest(_) | HttpError::UpgradeRequired(_) => Code::InvalidArgument,
+            HttpError::Forbidden(_) => Code::PermissionDenied,
         }
     }
 

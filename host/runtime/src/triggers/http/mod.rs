@@ -182,6 +182,8 @@ pub enum HttpError {
     BadRequest(String),
     /// A WebSocket route got a request that is not a valid upgrade.
     UpgradeRequired(String),
+    /// The request is not allowed (a WebSocket upgrade from a foreign origin).
+    Forbidden(String),
 }
 
 impl HttpError {
@@ -221,6 +223,7 @@ impl HttpError {
                 format!("component `{component}` failed to handle the request"),
             ),
             HttpError::BadRequest(why) => (StatusCode::BAD_REQUEST, why.clone()),
+            HttpError::Forbidden(why) => (StatusCode::FORBIDDEN, why.clone()),
             HttpError::UpgradeRequired(why) => (
                 StatusCode::UPGRADE_REQUIRED,
                 format!("this is a WebSocket route: {why}"),
