@@ -12,7 +12,7 @@ default:
 
 # Build every guest component for wasm32-wasip2.
 build:
-    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p hello-p3 -p faults -p bad-import -p cli-app -p responder -p spin-app -p wstd-app -p echo-responder -p orders -p inventory -p gateway -p calculator -p chat
+    cargo build --release --target wasm32-wasip2 --target-dir {{components_target}} -p hello -p hello-p3 -p faults -p bad-import -p cli-app -p responder -p spin-app -p wstd-app -p echo-responder -p orders -p inventory -p gateway -p calculator -p calculator-p3 -p chat
 
 # Start a host serving the hello example (builds what is missing).
 up manifest="examples/hello/weft.toml":
@@ -57,4 +57,4 @@ bench *args:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
-    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p hello-p3 -p faults -p bad-import -p cli-app -p responder -p spin-app -p wstd-app -p echo-responder -p orders -p inventory -p gateway -p calculator -p chat -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 --target-dir {{components_target}} -p weft-sdk -p hello -p hello-p3 -p faults -p bad-import -p cli-app -p responder -p spin-app -p wstd-app -p echo-responder -p orders -p inventory -p gateway -p calculator -p calculator-p3 -p chat -- -D warnings

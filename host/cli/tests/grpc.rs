@@ -46,12 +46,22 @@ fn add(a: i64, b: i64) -> AddRequest {
 
 #[tokio::test]
 async fn all_four_call_kinds_over_h2c_with_streams_that_flow_both_ways() {
+    all_four_call_kinds("calculator").await;
+}
+
+#[tokio::test]
+async fn all_four_call_kinds_from_a_wasi_http_0_3_service() {
+    all_four_call_kinds("calculator-p3").await;
+}
+
+/// Every call kind against the calculator built as `component` (0.2 or 0.3).
+async fn all_four_call_kinds(component: &str) {
     let cache = tempfile::tempdir().unwrap();
     let host = start_host(cache.path()).await;
     deploy(
         &host,
         "calculator",
-        "calculator",
+        component,
         calculator(Limits::default()),
     )
     .await;
@@ -157,6 +167,16 @@ async fn raw_call(host: &Host, request: AddRequest, timeout: &str) -> Option<Str
 
 #[tokio::test]
 async fn host_failures_become_grpc_statuses() {
+    host_failures("calculator").await;
+}
+
+#[tokio::test]
+async fn host_failures_become_grpc_statuses_for_a_wasi_http_0_3_service() {
+    host_failures("calculator-p3").await;
+}
+
+/// Deadlines, a trap, overload and missing methods against `component` (0.2 or 0.3).
+async fn host_failures(component: &str) {
     let cache = tempfile::tempdir().unwrap();
     let host = start_host(cache.path()).await;
     let limits = Limits {
@@ -164,7 +184,7 @@ async fn host_failures_become_grpc_statuses() {
         max_concurrency: 1,
         ..Limits::default()
     };
-    deploy(&host, "calculator", "calculator", calculator(limits)).await;
+    deploy(&host, "calculator", component, calculator(limits)).await;
     let mut client = h2c(&host).await;
 
     // The component's deadline.

@@ -19,6 +19,7 @@ const COMPONENTS: &[&str] = &[
     "hello",
     "hello-p3",
     "calculator",
+    "calculator-p3",
     "chat",
     "faults",
     "bad-import",

@@ -16,6 +16,9 @@
 
 use prost::Message;
 
+#[cfg(feature = "grpc-p3")]
+pub mod p3;
+
 use crate::wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -85,9 +88,7 @@ pub fn method(request: &IncomingRequest) -> String {
 pub struct Messages<T> {
     stream: InputStream,
     _body: IncomingBody,
-    buffer: Vec<u8>,
-    ended: bool,
-    _type: std::marker::PhantomData<T>,
+    frames: Decoder<T>,
 }
 
 impl<T: Message + Default> Messages<T> {
@@ -101,34 +102,69 @@ impl<T: Message + Default> Messages<T> {
         Ok(Messages {
             stream,
             _body: body,
-            buffer: Vec::new(),
-            ended: false,
-            _type: std::marker::PhantomData,
+            frames: Decoder::default(),
         })
     }
 
     /// The next message; `Ok(None)` once the client has finished sending.
     pub fn recv(&mut self) -> Result<Option<T>, Status> {
         loop {
-            if let Some(message) = self.take_frame()? {
-                return T::decode(message.as_slice())
-                    .map(Some)
-                    .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")));
-            }
-            if self.ended {
-                return if self.buffer.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(Status::invalid_argument(
-                        "the request ended inside a message",
-                    ))
-                };
+            if let Some(next) = self.frames.decode()? {
+                return Ok(next);
             }
             match self.stream.blocking_read(64 * 1024) {
-                Ok(chunk) => self.buffer.extend_from_slice(&chunk),
-                Err(StreamError::Closed) => self.ended = true,
+                Ok(chunk) => self.frames.push(&chunk),
+                Err(StreamError::Closed) => self.frames.end(),
                 Err(e) => return Err(Status::internal(format!("reading the request: {e:?}"))),
             }
+        }
+    }
+}
+
+/// Length-prefixed gRPC messages, decoded as their bytes arrive, in any chunks.
+#[derive(Debug)]
+pub struct Decoder<T> {
+    buffer: Vec<u8>,
+    ended: bool,
+    _type: std::marker::PhantomData<T>,
+}
+
+impl<T> Default for Decoder<T> {
+    fn default() -> Self {
+        Decoder {
+            buffer: Vec::new(),
+            ended: false,
+            _type: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Message + Default> Decoder<T> {
+    /// Adds bytes as they arrive.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The request has ended: no more bytes come.
+    pub fn end(&mut self) {
+        self.ended = true;
+    }
+
+    /// `Some(Some(message))` when a whole message is buffered, `Some(None)` once the
+    /// request has ended cleanly after its last message, `None` while more bytes are
+    /// needed.
+    pub fn decode(&mut self) -> Result<Option<Option<T>>, Status> {
+        if let Some(message) = self.take_frame()? {
+            return T::decode(message.as_slice())
+                .map(|m| Some(Some(m)))
+                .map_err(|e| Status::invalid_argument(format!("malformed message: {e}")));
+        }
+        match (self.ended, self.buffer.is_empty()) {
+            (false, _) => Ok(None),
+            (true, true) => Ok(Some(None)),
+            (true, false) => Err(Status::invalid_argument(
+                "the request ended inside a message",
+            )),
         }
     }
 
@@ -162,6 +198,24 @@ impl<T: Message + Default> Messages<T> {
         self.buffer.drain(..5 + len);
         Ok(Some(message))
     }
+}
+
+/// `message` as one length-prefixed gRPC frame (uncompressed).
+pub fn encode<T: Message>(message: &T) -> Result<Vec<u8>, Status> {
+    let len = message.encoded_len();
+    if len > MAX_MESSAGE_BYTES {
+        return Err(Status::new(
+            Code::ResourceExhausted,
+            format!("a reply of {len} bytes exceeds the limit of {MAX_MESSAGE_BYTES}"),
+        ));
+    }
+    let mut frame = Vec::with_capacity(5 + len);
+    frame.push(0);
+    frame.extend_from_slice(&(len as u32).to_be_bytes());
+    message
+        .encode(&mut frame)
+        .map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
+    Ok(frame)
 }
 
 /// Where a handler sends its replies; each goes out at once. The response head goes
@@ -198,19 +252,7 @@ impl<T: Message> Replies<T> {
     /// Sends one message; fails if the client has gone.
     pub fn send(&mut self, message: &T) -> Result<(), Status> {
         self.open();
-        let len = message.encoded_len();
-        if len > MAX_MESSAGE_BYTES {
-            return Err(Status::new(
-                Code::ResourceExhausted,
-                format!("a reply of {len} bytes exceeds the limit of {MAX_MESSAGE_BYTES}"),
-            ));
-        }
-        let mut frame = Vec::with_capacity(5 + len);
-        frame.push(0);
-        frame.extend_from_slice(&(len as u32).to_be_bytes());
-        message
-            .encode(&mut frame)
-            .map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
+        let frame = encode(message)?;
         let stream = self
             .stream
             .as_ref()
@@ -341,15 +383,23 @@ fn grpc_headers() -> Fields {
 
 fn status_fields(status: &Result<(), Status>) -> Fields {
     let fields = Fields::new();
+    for (name, value) in status_trailers(status) {
+        let _ = fields.append(name, &value);
+    }
+    fields
+}
+
+/// The trailers that carry `status`: `grpc-status`, and `grpc-message` if it has one.
+pub fn status_trailers(status: &Result<(), Status>) -> Vec<(&'static str, Vec<u8>)> {
     let (code, message) = match status {
         Ok(()) => (Code::Ok, ""),
         Err(status) => (status.code, status.message.as_str()),
     };
-    let _ = fields.append("grpc-status", (code as u8).to_string().as_bytes());
+    let mut trailers = vec![("grpc-status", (code as u8).to_string().into_bytes())];
     if !message.is_empty() {
-        let _ = fields.append("grpc-message", percent_encode(message).as_bytes());
+        trailers.push(("grpc-message", percent_encode(message).into_bytes()));
     }
-    fields
+    trailers
 }
 
 /// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
