@@ -223,7 +223,7 @@ impl Connection {
         };
         let connection = self
             .http
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+            .serve_connection_with_upgrades(TokioIo::new(Coalesce::new(io)), service);
         tokio::pin!(connection);
         let mut closing = false;
         loop {
@@ -421,5 +421,175 @@ impl http_body::Body for IdleTimeoutBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The HTTP/2 client preface, which opens every HTTP/2 connection.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Bytes an HTTP/2 connection holds back before writing without waiting.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// A connection's socket that, on HTTP/2, holds its writes back for one turn of the
+/// scheduler: the responses of the connection's other streams finishing in that turn
+/// go out in the same write. Without it every response of a busy HTTP/2 connection
+/// costs a `writev` of its own, and the client a read of its own (gRPC unary calls
+/// measured about 0.9 writes per call against 0.2 for native tonic, whose shorter
+/// handlers finish in the same turn). HTTP/1.1 (one response at a time) is untouched.
+struct Coalesce<I> {
+    io: I,
+    /// How much of the HTTP/2 preface the client has sent, until it is known.
+    protocol: Protocol,
+    /// Written by the connection, not yet by the socket; `sent` of it is out.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Whether a flush has already waited its turn.
+    waited: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// The first `n` bytes read match the HTTP/2 preface.
+    Unknown(usize),
+    Http2,
+    Other,
+}
+
+impl<I> Coalesce<I> {
+    fn new(io: I) -> Coalesce<I> {
+        Coalesce {
+            io,
+            protocol: Protocol::Unknown(0),
+            pending: Vec::new(),
+            sent: 0,
+            waited: false,
+        }
+    }
+
+    /// Follows the preface through bytes the client sent.
+    fn sniff(&mut self, read: &[u8]) {
+        let Protocol::Unknown(matched) = self.protocol else {
+            return;
+        };
+        let expected = &H2_PREFACE[matched..];
+        let n = read.len().min(expected.len());
+        self.protocol = if read[..n] != expected[..n] {
+            Protocol::Other
+        } else if matched + n == H2_PREFACE.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Unknown(matched + n)
+        };
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Coalesce<I> {
+    /// Writes out what is held back.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.pending.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.pending[self.sent..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.pending.clear();
+        self.sent = 0;
+        if self.pending.capacity() > 2 * COALESCE_MAX {
+            self.pending = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Room for more, writing out what is held back when it is full.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.pending.len() >= COALESCE_MAX {
+            std::task::ready!(self.drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Coalesce<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if matches!(this.protocol, Protocol::Unknown(_)) {
+            let read = buf.filled()[before..].to_vec();
+            if !read.is_empty() {
+                this.sniff(&read);
+            }
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.protocol != Protocol::Http2 {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        }
+        std::task::ready!(this.poll_room(cx))?;
+        this.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.protocol != Protocol::Http2 {
+            return Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        }
+        std::task::ready!(this.poll_room(cx))?;
+        let mut n = 0;
+        for buf in bufs {
+            this.pending.extend_from_slice(buf);
+            n += buf.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.protocol == Protocol::Http2 || self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pending.len() > this.sent {
+            if !this.waited {
+                // Woken by itself, the task goes to the back of the scheduler's queue:
+                // the streams ready to run now add their frames first.
+                this.waited = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            std::task::ready!(this.drain(cx))?;
+        }
+        this.waited = false;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        std::task::ready!(this.drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }

@@ -32,15 +32,24 @@ use crate::store_data::StoreData;
 
 /// Every trigger of a host whose message bus is `bus`: the HTTP trigger (also returned on
 /// its own, for the listener) and the rest. The one list to extend with a new trigger.
-pub fn all(bus: &Arc<dyn MessageBus>) -> (Arc<http::HttpTrigger>, Vec<Arc<dyn Trigger>>) {
+/// Also the bus guests publish on: `bus`, except that what they send to this host's own
+/// WebSocket connections goes straight to them ([`websocket::LocalConnections`]).
+pub fn all(
+    bus: &Arc<dyn MessageBus>,
+) -> (
+    Arc<http::HttpTrigger>,
+    Vec<Arc<dyn Trigger>>,
+    Arc<dyn MessageBus>,
+) {
     let websocket = websocket::WebSocketTrigger::new(bus.clone());
+    let guest_bus = websocket::LocalConnections::over(bus.clone(), websocket.clone());
     let http = Arc::new(http::HttpTrigger::new(websocket.clone()));
     let all: Vec<Arc<dyn Trigger>> = vec![
         http.clone(),
         Arc::new(messaging::MessagingTrigger::new(bus.clone())),
         websocket,
     ];
-    (http, all)
+    (http, all, guest_bus)
 }
 
 /// Something that calls components: told by the deploy flow about every change.

@@ -18,7 +18,9 @@
 //! connection's `.join`, `.leave`, `.close` and `.binary` (checked in
 //! `capabilities::messaging`, named in `spec::subject`);
 //! anything else (another connection, a group) needs `allowed_publish`. With NATS,
-//! every subject crosses hosts, so fan-out works across the fleet.
+//! every subject crosses hosts, so fan-out works across the fleet. What a guest sends
+//! to one of its own host's connections goes to it directly ([`LocalConnections`]),
+//! not through the bus: a subscriber to `ws.conn.>` sees only other hosts' sends.
 //!
 //! Events of one connection are handled in order, one at a time: the next frame is
 //! read once the previous event's call returned. Frames to a client wait in a buffer
@@ -40,7 +42,7 @@ use wasmtime::component::InstancePre;
 
 use super::http::HttpError;
 use super::{Attachment, Trigger};
-use crate::bus::{Message, MessageBus};
+use crate::bus::{BusError, Message, MessageBus};
 use crate::deployment::{DeployError, Deployment, LinkedExport, Snapshot};
 use crate::instance::IdleBudget;
 use crate::spec::ValidSpec;
@@ -68,6 +70,8 @@ pub struct WebSocketTrigger {
     bus: Arc<dyn MessageBus>,
     /// This host's token in connection subjects (random per start).
     host: String,
+    /// `ws.conn.HOST.`: the start of this host's connection subjects.
+    prefix: String,
     next: AtomicU64,
     live: ArcSwap<HashMap<String, Arc<Deployment>>>,
     state: Mutex<State>,
@@ -109,6 +113,7 @@ impl WebSocketTrigger {
             .collect();
         Arc::new_cyclic(|me| WebSocketTrigger {
             bus,
+            prefix: format!("{CONN_PREFIX}{host}."),
             host,
             next: AtomicU64::new(1),
             live: ArcSwap::default(),
@@ -335,8 +340,7 @@ impl WebSocketTrigger {
         if message.service_error().is_some() {
             return;
         }
-        let prefix = format!("{CONN_PREFIX}{}.", self.host);
-        let Some(rest) = message.subject.strip_prefix(&prefix) else {
+        let Some(rest) = message.subject.strip_prefix(&self.prefix) else {
             return;
         };
         let (id, control) = rest.split_once('.').unwrap_or((rest, ""));
@@ -465,6 +469,65 @@ impl WebSocketTrigger {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// The bus guests publish on: a message to one of this host's connection subjects
+/// (`ws.conn.HOST.N`, and its controls) goes straight to the connection instead of
+/// through the bus and back: an echo or a reply to the client costs no bus round trip
+/// (and, with NATS, no trip to the server). Everything else goes to the bus. The
+/// permission check has been made already (`capabilities::messaging`).
+#[derive(Debug)]
+pub struct LocalConnections {
+    bus: Arc<dyn MessageBus>,
+    websocket: Arc<WebSocketTrigger>,
+}
+
+impl LocalConnections {
+    /// `bus`, with `websocket`'s connections delivered directly.
+    pub fn over(bus: Arc<dyn MessageBus>, websocket: Arc<WebSocketTrigger>) -> Arc<dyn MessageBus> {
+        Arc::new(LocalConnections { bus, websocket })
+    }
+}
+
+impl MessageBus for LocalConnections {
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
+        if !message.subject.starts_with(&self.websocket.prefix) {
+            return self.bus.publish(message);
+        }
+        let websocket = self.websocket.clone();
+        async move {
+            crate::bus::check_message(&message)?;
+            websocket.deliver(message).await;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn request(
+        &self,
+        subject: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Message, BusError>> {
+        self.bus.request(subject, body, timeout)
+    }
+
+    fn subscribe(
+        &self,
+        subject: String,
+        queue_group: Option<String>,
+        buffer: usize,
+    ) -> BoxFuture<'_, Result<crate::bus::Subscription, BusError>> {
+        self.bus.subscribe(subject, queue_group, buffer)
+    }
+
+    fn describe(&self) -> String {
+        self.bus.describe()
+    }
+
+    fn flush(&self, within: Duration) -> BoxFuture<'_, Result<(), BusError>> {
+        self.bus.flush(within)
     }
 }
 
