@@ -584,10 +584,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
         std::task::ready!(this.drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)

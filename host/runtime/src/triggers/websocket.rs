@@ -52,6 +52,12 @@ use crate::store_data::StoreData;
 /// Frames waiting to be written to one client.
 pub const OUTBOUND_BUFFER: usize = 256;
 
+/// The writing half of a connection.
+type Sink = futures::stream::SplitSink<WebSocket, Frame>;
+
+/// Bytes a connection reads at once (tungstenite's default is 128 KiB).
+const READ_BUFFER: usize = 8 * 1024;
+
 /// How long a close frame may take to reach a client (behind what it has not read).
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -167,6 +173,10 @@ impl WebSocketTrigger {
         let idle = Duration::from_millis(limits.ws_idle_timeout_ms);
         let this = self.clone();
         Ok(upgrade
+            // tungstenite zeroes its read buffer's free space before every read: 128 KiB
+            // by default, a tenth of the host's CPU on an echo. Larger messages take
+            // several reads.
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(max)
             .max_frame_size(max)
             .on_upgrade(move |socket| this.serve(socket, component, target, idle))
@@ -185,7 +195,6 @@ impl WebSocketTrigger {
         let subject = format!("{CONN_PREFIX}{}.{id}", self.host);
         let (outbound, mut frames) = mpsc::channel::<Frame>(OUTBOUND_BUFFER);
         let (close, mut closed) = watch::channel(None);
-        let mut closing = close.subscribe();
         {
             let mut state = self.state();
             state.connections.insert(
@@ -211,63 +220,84 @@ impl WebSocketTrigger {
                 }
             })
             .await;
-        let (mut sink, mut stream) = socket.split();
-        // Writes frames to the client until the connection is closed by either side,
-        // then the close frame.
-        let writer = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    frame = frames.recv() => match frame {
-                        Some(frame) => if sink.send(frame).await.is_err() { return },
-                        None => break,
-                    },
-                    _ = closed.changed() => break,
-                }
-            }
-            let (code, reason) = closed.borrow().clone().unwrap_or((NORMAL, String::new()));
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
-            };
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Frame::Close(Some(frame)))).await;
-        });
-        self.event(&component, &subject, "open", Bytes::from(target))
-            .await;
-        loop {
-            let next = tokio::select! {
-                // Closed by the host (or the component): the reader stops too.
-                _ = closing.changed() => break,
-                next = tokio::time::timeout(idle, stream.next()) => next,
-            };
-            let frame = match next {
-                Err(_) => {
-                    self.close(id, NORMAL, "idle for too long");
-                    break;
-                }
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    let too_big = e.to_string().contains("Space limit exceeded")
-                        || e.to_string().contains("too long")
-                        || e.to_string().contains("too big");
-                    if too_big {
-                        self.close(id, TOO_BIG, "message too big");
+        let (sink, mut stream) = socket.split();
+        // One task reads the client's frames, runs each event's call and writes what is
+        // sent to the client, also while a call runs: no wake-up of another task per
+        // frame. A write in progress holds the sink; frames sent meanwhile wait in
+        // `frames` (a client that lets it fill is closed). A client that sends nothing
+        // for `idle` is closed.
+        let mut sink = Some(sink);
+        let mut writing: Option<BoxFuture<'static, (Sink, bool)>> = None;
+        let mut call = Some(self.event(&component, &subject, "open", Bytes::from(target)));
+        let mut last_frame = tokio::time::Instant::now();
+        let idle_check = tokio::time::sleep(idle);
+        tokio::pin!(idle_check);
+        let client_gone = loop {
+            tokio::select! {
+                biased;
+                // Closed by the host, the component, or a limit.
+                _ = closed.changed() => break false,
+                (done, sent) = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    sink = Some(done);
+                    if !sent {
+                        break true;
                     }
-                    tracing::debug!(component = %component, "websocket ended: {e}");
-                    break;
                 }
-                Ok(Some(Ok(frame))) => frame,
-            };
-            let (kind, body) = match frame {
-                Frame::Text(text) => ("text", Bytes::from(text.as_str().to_owned())),
-                Frame::Binary(bytes) => ("binary", bytes),
-                Frame::Close(_) => break,
-                // Answered by the library.
-                Frame::Ping(_) | Frame::Pong(_) => continue,
-            };
-            if !self.event(&component, &subject, kind, body).await {
-                self.close(id, GOING_AWAY, "the component is not deployed");
-                break;
+                frame = frames.recv(), if writing.is_none() => match frame {
+                    Some(frame) => {
+                        let mut out = sink.take().expect("no write in progress");
+                        writing = Some(async move {
+                            let sent = out.send(frame).await.is_ok();
+                            (out, sent)
+                        }.boxed());
+                    }
+                    None => break false,
+                },
+                deployed = async { call.as_mut().expect("guarded").await }, if call.is_some() => {
+                    call = None;
+                    last_frame = tokio::time::Instant::now();
+                    if !deployed {
+                        self.close(id, GOING_AWAY, "the component is not deployed");
+                    }
+                }
+                () = &mut idle_check, if call.is_none() => {
+                    let due = last_frame + idle;
+                    if tokio::time::Instant::now() >= due {
+                        self.close(id, NORMAL, "idle for too long");
+                    } else {
+                        idle_check.as_mut().reset(due);
+                    }
+                }
+                next = stream.next(), if call.is_none() => {
+                    let frame = match next {
+                        None => break true,
+                        Some(Err(e)) => {
+                            let e = e.to_string();
+                            if e.contains("Space limit exceeded") || e.contains("too long") || e.contains("too big") {
+                                self.close(id, TOO_BIG, "message too big");
+                                continue;
+                            }
+                            tracing::debug!(component = %component, "websocket ended: {e}");
+                            break true;
+                        }
+                        Some(Ok(frame)) => frame,
+                    };
+                    last_frame = tokio::time::Instant::now();
+                    let (kind, body) = match frame {
+                        Frame::Text(text) => ("text", Bytes::from(text.as_str().to_owned())),
+                        Frame::Binary(bytes) => ("binary", bytes),
+                        Frame::Close(_) => break true,
+                        // Answered by the library.
+                        Frame::Ping(_) | Frame::Pong(_) => continue,
+                    };
+                    call = Some(self.event(&component, &subject, kind, body));
+                }
             }
+        };
+        // A call in flight finishes before the close event.
+        if let Some(call) = call {
+            call.await;
         }
         let groups = self
             .state()
@@ -280,16 +310,41 @@ impl WebSocketTrigger {
         }
         self.event(&component, &subject, "close", Bytes::new())
             .await;
-        // The writer sends a pending close frame, then ends.
         if let Some(connection) = self.state().connections.remove(&id) {
             drop(connection.outbound);
-            signal_close(&connection.close, NORMAL, "");
         }
-        let _ = writer.await;
+        if client_gone {
+            return;
+        }
+        let (code, reason) = closed.borrow().clone().unwrap_or((NORMAL, String::new()));
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // Behind a write in progress, if any.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async move {
+            let mut sink = match (sink, writing) {
+                (Some(sink), _) => sink,
+                (None, Some(write)) => write.await.0,
+                (None, None) => return,
+            };
+            let _ = sink.send(Frame::Close(Some(frame))).await;
+        })
+        .await;
     }
 
     /// Hands one event to the live version of `component`; false if it is not deployed.
-    async fn event(&self, component: &str, subject: &str, kind: &str, body: Bytes) -> bool {
+    fn event<'a>(
+        &'a self,
+        component: &'a str,
+        subject: &'a str,
+        kind: &'a str,
+        body: Bytes,
+    ) -> BoxFuture<'a, bool> {
+        self.event_call(component, subject, kind, body).boxed()
+    }
+
+    async fn event_call(&self, component: &str, subject: &str, kind: &str, body: Bytes) -> bool {
         let Some(deployment) = self.live.load().get(component).cloned() else {
             return false;
         };
