@@ -145,7 +145,11 @@ impl Host {
                 )
             })?;
         let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
-        let (http_trigger, triggers, bus) = crate::triggers::all(&bus);
+        let crate::triggers::Triggers {
+            http: http_trigger,
+            all: triggers,
+            guest_bus: bus,
+        } = crate::triggers::all(&bus);
         let deployments = Arc::new(LiveSet::new(Deployer {
             engines,
             cache: CompileCache::new(config.cache_dir),

@@ -186,7 +186,11 @@ impl TestComponent {
         let bus: Arc<dyn MessageBus> = world.clone();
         // A host's triggers link the component's exports, as on a host; the harness
         // calls them directly instead of through listeners and subscriptions.
-        let (_, triggers, bus) = weft_runtime::triggers::all(&bus);
+        let weft_runtime::triggers::Triggers {
+            all: triggers,
+            guest_bus: bus,
+            ..
+        } = weft_runtime::triggers::all(&bus);
         let deployer = Deployer {
             engines: engines()?.clone(),
             cache: CompileCache::new(Some(cache_dir())),

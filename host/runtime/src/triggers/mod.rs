@@ -30,17 +30,20 @@ use crate::instance::IdleBudget;
 use crate::spec::ValidSpec;
 use crate::store_data::StoreData;
 
-/// Every trigger of a host whose message bus is `bus`: the HTTP trigger (also returned on
-/// its own, for the listener) and the rest. The one list to extend with a new trigger.
-/// Also the bus guests publish on: `bus`, except that what they send to this host's own
-/// WebSocket connections goes straight to them ([`websocket::LocalConnections`]).
-pub fn all(
-    bus: &Arc<dyn MessageBus>,
-) -> (
-    Arc<http::HttpTrigger>,
-    Vec<Arc<dyn Trigger>>,
-    Arc<dyn MessageBus>,
-) {
+/// A host's triggers, and the bus its guests publish on.
+pub struct Triggers {
+    /// The HTTP trigger, on its own for the listener.
+    pub http: Arc<http::HttpTrigger>,
+    /// Every trigger, the HTTP one included.
+    pub all: Vec<Arc<dyn Trigger>>,
+    /// The host's bus, except that what guests send to this host's own WebSocket
+    /// connections goes straight to them ([`websocket::LocalConnections`]).
+    pub guest_bus: Arc<dyn MessageBus>,
+}
+
+/// Every trigger of a host whose message bus is `bus`. The one list to extend with a
+/// new trigger.
+pub fn all(bus: &Arc<dyn MessageBus>) -> Triggers {
     let websocket = websocket::WebSocketTrigger::new(bus.clone());
     let guest_bus = websocket::LocalConnections::over(bus.clone(), websocket.clone());
     let http = Arc::new(http::HttpTrigger::new(websocket.clone()));
@@ -49,7 +52,11 @@ pub fn all(
         Arc::new(messaging::MessagingTrigger::new(bus.clone())),
         websocket,
     ];
-    (http, all, guest_bus)
+    Triggers {
+        http,
+        all,
+        guest_bus,
+    }
 }
 
 /// Something that calls components: told by the deploy flow about every change.
