@@ -535,22 +535,31 @@ impl WebSocketTrigger {
 #[derive(Debug)]
 pub struct LocalConnections {
     bus: Arc<dyn MessageBus>,
-    websocket: Arc<WebSocketTrigger>,
+    /// Weak: deployments hold this bus in their grants and the trigger holds the live
+    /// deployments, so a strong reference would keep a stopped host (and its key-value
+    /// store) alive.
+    websocket: std::sync::Weak<WebSocketTrigger>,
+    /// `ws.conn.HOST.`, the trigger's connection subjects.
+    prefix: String,
 }
 
 impl LocalConnections {
     /// `bus`, with `websocket`'s connections delivered directly.
     pub fn over(bus: Arc<dyn MessageBus>, websocket: Arc<WebSocketTrigger>) -> Arc<dyn MessageBus> {
-        Arc::new(LocalConnections { bus, websocket })
+        Arc::new(LocalConnections {
+            bus,
+            prefix: websocket.prefix.clone(),
+            websocket: Arc::downgrade(&websocket),
+        })
     }
 }
 
 impl MessageBus for LocalConnections {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
-        if !message.subject.starts_with(&self.websocket.prefix) {
-            return self.bus.publish(message);
-        }
-        let websocket = self.websocket.clone();
+        let websocket = match self.websocket.upgrade() {
+            Some(websocket) if message.subject.starts_with(&self.prefix) => websocket,
+            _ => return self.bus.publish(message),
+        };
         async move {
             crate::bus::check_message(&message)?;
             websocket.deliver(message).await;
