@@ -10,6 +10,10 @@
 //! - `record`: publishes `<INSTANCE>:<body>` to `seen.<subject>`;
 //! - `count`: replies how many messages this instance has handled, this one included
 //!   (always 1 unless the component reuses instances);
+//! - `durable`: for a durable delivery, publishes `<attempt> <id> <INSTANCE>:<body>` to
+//!   `seen.<subject>`; a body `poison` always fails, `fail-until-N` fails until attempt
+//!   N, `slow-MS` sleeps MS milliseconds first; `dead` publishes the dead letter's
+//!   `Weft-Error` and `Weft-Original-Subject` headers instead of the body;
 //! - `slow`: publishes `seen.start.<subject>`, sleeps for the body's milliseconds, then
 //!   publishes `seen.done.<subject>` (a handler still running when something stops).
 //!
@@ -110,6 +114,46 @@ impl MessageGuest for Responder {
                 reply_to: None,
             }),
             "count" => reply(&msg.reply_to, handled.to_string().into_bytes()),
+            "durable" | "dead" => {
+                let Some(d) = weft::platform::events::current_delivery() else {
+                    return Err("not a durable delivery".into());
+                };
+                if text == "poison" {
+                    return Err("poison message: cannot be handled".into());
+                }
+                let until: u32 = text
+                    .strip_prefix("fail-until-")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                if d.attempt < until {
+                    return Err(format!("failing attempt {}", d.attempt));
+                }
+                if let Some(ms) = text.strip_prefix("slow-") {
+                    let ms = ms.split('-').next().unwrap_or("0");
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                }
+                let header = |name: &str| {
+                    d.headers
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                let what = if action == "dead" {
+                    format!(
+                        "{}|{}",
+                        header("Weft-Original-Subject"),
+                        header("Weft-Error")
+                    )
+                } else {
+                    format!("{}:{text}", instance())
+                };
+                consumer::publish(&BrokerMessage {
+                    subject: format!("seen.{}", msg.subject),
+                    body: format!("{} {} {what}", d.attempt, d.id).into_bytes(),
+                    reply_to: None,
+                })
+            }
             "slow" => {
                 let seen = |stage: &str| {
                     consumer::publish(&BrokerMessage {

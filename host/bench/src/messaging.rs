@@ -155,10 +155,8 @@ async fn compare(
 fn responder_spec(subject: &str, reuse: bool) -> ComponentSpec {
     let mut spec = ComponentSpec {
         subscriptions: vec![SubscriptionSpec {
-            subject: subject.into(),
-            queue_group: None,
-            broadcast: false,
             max_in_flight: 64,
+            ..SubscriptionSpec::to(subject)
         }],
         ..ComponentSpec::default()
     };

@@ -58,10 +58,21 @@ impl<P: Pre> Call<P> {
     /// one, and starts the next spare if the pool wants one. `reply_to`: the reply
     /// subject of the message being handled. `None` if the deployment lacks the export.
     pub fn begin(deployment: &Arc<Deployment>, reply_to: Option<String>) -> Option<Call<P>> {
+        Call::begin_message(deployment, reply_to, None)
+    }
+
+    /// [`Call::begin`] for a message that is a durable `delivery`, which the guest can
+    /// read (`weft:platform/events`).
+    pub fn begin_message(
+        deployment: &Arc<Deployment>,
+        reply_to: Option<String>,
+        delivery: Option<crate::capabilities::messaging::DeliveryInfo>,
+    ) -> Option<Call<P>> {
         let entry = deployment.export::<P>()?;
         let call = CallContext {
             deadline: deployment.deadline(),
             reply_to,
+            delivery,
         };
         let deadline = call.deadline;
         let (store, warm) = match entry.pool.take() {
@@ -167,6 +178,7 @@ pub(crate) fn prepare_spare<P: Pre>(deployment: &Arc<Deployment>) {
         let call = CallContext {
             deadline: deployment.deadline(),
             reply_to: None,
+            delivery: None,
         };
         let mut store = deployment.new_store(call);
         let spare = entry.pre.instantiate_async(&mut store).await.ok();

@@ -13,13 +13,15 @@ use tokio::sync::watch;
 
 use crate::admin::{AdminAccess, AdminLimits};
 use crate::bus::MessageBus;
-use crate::bus::embedded::EmbeddedBus;
 use crate::bus::nats::{NatsBus, NatsConfig};
 use crate::capabilities::Backends;
 use crate::capabilities::outbound_http::HostListeners;
 use crate::compile::CompileCache;
 use crate::deploy::{Deployer, LiveSet};
 use crate::engine::Engines;
+use crate::events::EventStore;
+use crate::events::embedded::OnBus;
+use crate::events::nats::NatsEvents;
 use crate::kv::KvStore;
 use crate::kv::embedded::EmbeddedKv;
 use crate::kv::nats::NatsKv;
@@ -116,19 +118,23 @@ impl Host {
         };
         let engines = Engines::new(config.max_instances, config.baseline_compiler)
             .context("configuring the wasmtime engines")?;
-        let (bus, kv): (Arc<dyn MessageBus>, Arc<dyn KvStore>) = match &config.nats {
+        type Chosen = (Arc<dyn MessageBus>, Arc<dyn KvStore>, Arc<dyn EventStore>);
+        let (bus, kv, events): Chosen = match &config.nats {
             Some(nats) => {
                 let bus = NatsBus::connect(nats).await?;
                 let kv = NatsKv::connect(nats).await?;
-                (Arc::new(bus), Arc::new(kv))
+                let events = NatsEvents::connect(nats).await?;
+                (Arc::new(bus), Arc::new(kv), Arc::new(events))
             }
             None => {
                 let path = config.data_dir.join("kv.redb");
                 let kv = EmbeddedKv::open(&path)?;
                 tracing::info!("key-value: embedded store {}", path.display());
-                (Arc::new(EmbeddedBus::new()), Arc::new(kv))
+                let events = OnBus::open(&config.data_dir.join("events.redb"))?;
+                (Arc::new(events.bus.clone()), Arc::new(kv), Arc::new(events))
             }
         };
+        tracing::info!("events: {}", events.describe());
         tracing::info!("messaging: {}", bus.describe());
         let http = TcpListener::bind(config.listen).await.with_context(|| {
             format!(
@@ -149,13 +155,14 @@ impl Host {
             http: http_trigger,
             all: triggers,
             guest_bus: bus,
-        } = crate::triggers::all(&bus);
+        } = crate::triggers::all(&bus, &events);
         let deployments = Arc::new(LiveSet::new(Deployer {
             engines,
             cache: CompileCache::new(config.cache_dir),
             backends: Backends {
                 bus,
                 kv,
+                events,
                 listeners: HostListeners::new([http_addr, admin_addr]),
             },
             triggers,

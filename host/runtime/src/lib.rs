@@ -28,6 +28,7 @@ pub mod compile;
 pub mod deploy;
 pub mod deployment;
 pub mod engine;
+pub mod events;
 pub mod failure;
 pub mod host;
 pub mod instance;

@@ -131,6 +131,8 @@ pub struct CallContext {
     /// The reply subject of the message being handled, which the guest may always
     /// publish to (`None` for anything but a message).
     pub reply_to: Option<String>,
+    /// The durable delivery being handled, if it is one.
+    pub delivery: Option<crate::capabilities::messaging::DeliveryInfo>,
 }
 
 impl StoreData {
@@ -142,7 +144,11 @@ impl StoreData {
             http: WasiHttpCtx::new(),
             logging: grants.logging.clone(),
             outbound_http: grants.outbound_http.for_instance(),
-            messaging: MessagingCtx::new(grants.messaging.clone(), call.reply_to),
+            messaging: {
+                let mut ctx = MessagingCtx::new(grants.messaging.clone(), None);
+                ctx.set_message(call.reply_to, call.delivery);
+                ctx
+            },
             keyvalue: grants.keyvalue.clone(),
             config: grants.config.clone(),
             limits: InstanceLimits::new(memory_bytes),
@@ -156,7 +162,7 @@ impl StoreData {
         let data = store.data_mut();
         // A new one: whoever held the last call's deadline cannot move this call's.
         data.deadline = Deadline::at(call.deadline);
-        data.messaging.set_reply_to(call.reply_to);
+        data.messaging.set_message(call.reply_to, call.delivery);
         store.set_epoch_deadline(1);
     }
 

@@ -184,19 +184,22 @@ impl TestComponent {
         })?;
         let world = Arc::new(World::new()?);
         let bus: Arc<dyn MessageBus> = world.clone();
+        let events: Arc<dyn weft_runtime::events::EventStore> =
+            Arc::new(weft_runtime::events::embedded::EmbeddedEvents::in_memory()?);
         // A host's triggers link the component's exports, as on a host; the harness
         // calls them directly instead of through listeners and subscriptions.
         let weft_runtime::triggers::Triggers {
             all: triggers,
             guest_bus: bus,
             ..
-        } = weft_runtime::triggers::all(&bus);
+        } = weft_runtime::triggers::all(&bus, &events);
         let deployer = Deployer {
             engines: engines()?.clone(),
             cache: CompileCache::new(Some(cache_dir())),
             backends: Backends {
                 bus,
                 kv: world.clone(),
+                events,
                 listeners: Default::default(),
             },
             triggers,

@@ -120,10 +120,8 @@ pub fn routes(paths: &[&str]) -> ComponentSpec {
 pub fn subscriber(subject: &str) -> ComponentSpec {
     ComponentSpec {
         subscriptions: vec![weft_runtime::spec::SubscriptionSpec {
-            subject: subject.into(),
-            queue_group: None,
-            broadcast: false,
             max_in_flight: 16,
+            ..weft_runtime::spec::SubscriptionSpec::to(subject)
         }],
         ..ComponentSpec::default()
     }

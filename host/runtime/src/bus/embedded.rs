@@ -11,6 +11,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use crate::events::embedded::EmbeddedEvents;
 use crate::spec::subject::INBOX_PREFIX;
 
 use super::{
@@ -28,6 +29,8 @@ pub struct EmbeddedBus {
 struct Inner {
     subscriptions: Mutex<Subscriptions>,
     next_id: AtomicU64,
+    /// The streams that keep what is published on their subjects (durable events).
+    streams: std::sync::OnceLock<EmbeddedEvents>,
 }
 
 impl Inner {
@@ -130,8 +133,28 @@ impl EmbeddedBus {
         EmbeddedBus::default()
     }
 
+    /// A bus whose messages on subjects a stream of `events` keeps are stored there
+    /// before they are delivered (as JetStream captures core publishes).
+    pub fn with_streams(events: EmbeddedEvents) -> EmbeddedBus {
+        let bus = EmbeddedBus::new();
+        bus.inner
+            .streams
+            .set(events)
+            .expect("a new bus has no streams");
+        bus
+    }
+
     fn recipients(&self, subject: &str) -> Vec<mpsc::Sender<Message>> {
         self.inner.subscriptions().recipients(subject)
+    }
+
+    /// Delivers `message` to its subscribers, without storing it.
+    pub async fn deliver(&self, message: Message) {
+        // Senders are collected under the lock and used after it: a full
+        // subscriber slows the publisher down instead of losing messages.
+        for recipient in self.recipients(&message.subject) {
+            let _ = recipient.send(message.clone()).await;
+        }
     }
 }
 
@@ -139,11 +162,13 @@ impl MessageBus for EmbeddedBus {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
         async move {
             check_message(&message)?;
-            // Senders are collected under the lock and used after it: a full
-            // subscriber slows the publisher down instead of losing messages.
-            for recipient in self.recipients(&message.subject) {
-                let _ = recipient.send(message.clone()).await;
+            if let Some(streams) = self.inner.streams.get() {
+                streams
+                    .capture(&message)
+                    .await
+                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
             }
+            self.deliver(message).await;
             Ok(())
         }
         .boxed()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use wasmtime::component::{HasData, Linker};
 
 use crate::bus::{BusError, Message, MessageBus, subject_matches};
+use crate::events::EventStore;
 use crate::spec::ValidSpec;
 use crate::spec::subject::{
     MAX_SUBJECT_BYTES, is_connection_control, reserved, valid_reply_target, valid_subject,
@@ -27,12 +28,19 @@ pub mod bindings {
 }
 
 pub use bindings::wasmcloud::messaging::types::BrokerMessage;
+pub use bindings::weft::platform::events::Delivery as DeliveryInfo;
 
 /// The messaging grant of component `name`: the host's bus, the spec's
 /// `allowed_publish`, and its subscriptions (a guest may name them as a `reply_to`).
-pub fn grant(name: &str, spec: &ValidSpec, bus: Arc<dyn MessageBus>) -> MessagingGrant {
+pub fn grant(
+    name: &str,
+    spec: &ValidSpec,
+    bus: Arc<dyn MessageBus>,
+    events: Arc<dyn EventStore>,
+) -> MessagingGrant {
     MessagingGrant {
         bus,
+        events,
         allowed: spec.allowed_publish.clone().into(),
         subscribed: spec
             .subscriptions
@@ -48,6 +56,8 @@ pub fn grant(name: &str, spec: &ValidSpec, bus: Arc<dyn MessageBus>) -> Messagin
 pub struct MessagingGrant {
     /// The host's bus.
     pub bus: Arc<dyn MessageBus>,
+    /// The host's streams, for durable publishing (`weft:platform/events`).
+    pub events: Arc<dyn EventStore>,
     /// Subject patterns it may publish and request on.
     pub allowed: Arc<[String]>,
     /// Subject patterns it subscribes to.
@@ -62,17 +72,25 @@ pub struct MessagingCtx {
     grant: MessagingGrant,
     /// The reply subject of the message being handled: always allowed.
     reply_to: Option<String>,
+    /// The durable delivery being handled, if it is one.
+    delivery: Option<DeliveryInfo>,
 }
 
 impl MessagingCtx {
     /// State for an instance handling a message with `reply_to` (or an HTTP request: `None`).
     pub fn new(grant: MessagingGrant, reply_to: Option<String>) -> MessagingCtx {
-        MessagingCtx { grant, reply_to }
+        MessagingCtx {
+            grant,
+            reply_to,
+            delivery: None,
+        }
     }
 
-    /// The reply subject of the next message a reused instance handles.
-    pub fn set_reply_to(&mut self, reply_to: Option<String>) {
+    /// The reply subject and durable delivery of the next message a reused instance
+    /// handles.
+    pub fn set_message(&mut self, reply_to: Option<String>, delivery: Option<DeliveryInfo>) {
         self.reply_to = reply_to;
+        self.delivery = delivery;
     }
 
     /// Whether `subject` is the reply subject of the message being handled, and one a
@@ -171,11 +189,45 @@ pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut MessagingCtx,
 ) -> wasmtime::Result<()> {
+    bindings::weft::platform::events::add_to_linker::<T, Messaging>(linker, get)?;
     bindings::wasmcloud::messaging::types::add_to_linker::<T, Messaging>(linker, get)?;
     bindings::wasmcloud::messaging::consumer::add_to_linker::<T, Messaging>(linker, get)
 }
 
 impl bindings::wasmcloud::messaging::types::Host for MessagingCtx {}
+
+impl bindings::weft::platform::events::Host for MessagingCtx {
+    async fn current_delivery(&mut self) -> Option<DeliveryInfo> {
+        self.delivery.clone()
+    }
+
+    async fn publish(
+        &mut self,
+        subject: String,
+        body: Vec<u8>,
+        idempotency_id: Option<String>,
+    ) -> Result<(), String> {
+        self.check_publish(&subject)?;
+        if idempotency_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > 256)
+        {
+            return Err("an idempotency id is 1 to 256 bytes".into());
+        }
+        let message = Message {
+            subject,
+            reply_to: None,
+            headers: vec![],
+            body: body.into(),
+        };
+        self.grant
+            .events
+            .publish(message, idempotency_id)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
 
 impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
     async fn publish(&mut self, msg: BrokerMessage) -> Result<(), String> {
@@ -239,6 +291,7 @@ mod tests {
         MessagingCtx::new(
             MessagingGrant {
                 bus: Arc::new(EmbeddedBus::new()),
+                events: Arc::new(crate::events::embedded::EmbeddedEvents::in_memory().unwrap()),
                 allowed: strings(allowed),
                 subscribed: strings(subscribed),
                 component: "a".into(),

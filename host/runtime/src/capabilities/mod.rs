@@ -13,7 +13,7 @@
 //! | [`guest_log`] | stdout and stderr of `wasi:cli` | always: each line is logged |
 //! | [`logging`] | `wasi:logging/logging` (0.1.0-draft) | always: each call is one log line at its level |
 //! | [`outbound_http`] | `wasi:http/outgoing-handler` (0.2), `wasi:http/client` (0.3) | `allowed_outbound_hosts` (`scheme://host[:port]`; never the host's own listeners, internal addresses only when named) |
-//! | [`messaging`] | `wasmcloud:messaging/consumer` | `allowed_publish` (never the reserved `$`, `_INBOX.` and `_WEFT.` namespaces) |
+//! | [`messaging`] | `wasmcloud:messaging/consumer`, `weft:platform/events` | `allowed_publish` (never the reserved `$`, `_INBOX.` and `_WEFT.` namespaces) |
 //! | [`keyvalue`] | `wasi:keyvalue/{store,atomics,batch}` (0.2.0-draft, 0.2.0-draft2), `spin:key-value` (3.0.0) | `buckets` |
 //! | [`config`] | `wasi:config/store` (0.2.0-draft, 0.2.0-draft-2024-09-27, 0.2.0-rc.1), `spin:variables` (3.0.0) | always: its own `config` table |
 //!
@@ -95,6 +95,8 @@ pub struct Backends {
     pub bus: Arc<dyn MessageBus>,
     /// The key-value store (embedded or NATS).
     pub kv: Arc<dyn KvStore>,
+    /// The streams of durable events (embedded or JetStream).
+    pub events: Arc<dyn crate::events::EventStore>,
     /// The host's own listening addresses, which no grant reaches.
     pub listeners: outbound_http::HostListeners,
 }
@@ -129,7 +131,7 @@ impl Grants {
             wasi: wasi::grant(name, spec, &log_budget),
             logging: logging::grant(name, version, &log_budget),
             outbound_http: outbound_http::grant(spec, &backends.listeners),
-            messaging: messaging::grant(name, spec, backends.bus.clone()),
+            messaging: messaging::grant(name, spec, backends.bus.clone(), backends.events.clone()),
             keyvalue: keyvalue::grant(spec, backends.kv.clone()),
             config: config::grant(spec),
         }

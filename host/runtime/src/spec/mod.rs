@@ -62,10 +62,64 @@ pub struct SubscriptionSpec {
     /// Messages handled at once; when reached, the host stops pulling.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: u32,
+    /// At-least-once delivery (README, "Durable events"): the subject's messages are
+    /// kept in a stream and delivered through a durable consumer named after the
+    /// component, shared by all its hosts, until the handler returns `ok`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub durable: bool,
+    /// Durable: the stream to create when none keeps the subject yet (default
+    /// `weft-SUBJECT`, dots as `_`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Durable: deliveries of one message before it becomes a dead letter.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: u32,
+    /// Durable: how long to wait before redelivering a message whose handling failed,
+    /// in milliseconds, by attempt (the last value repeats).
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: Vec<u64>,
+    /// Durable: how long a delivery may go unsettled before it is redelivered (its host
+    /// stopped), in milliseconds. A running handler keeps extending it.
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// Durable: where a message goes after `max_deliver` failed deliveries (default
+    /// `dead.COMPONENT.SUBJECT`, wildcards as `any`/`all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+}
+
+impl SubscriptionSpec {
+    /// A subscription to `subject` with every other key at its default.
+    pub fn to(subject: &str) -> SubscriptionSpec {
+        SubscriptionSpec {
+            subject: subject.to_string(),
+            queue_group: None,
+            broadcast: false,
+            max_in_flight: default_max_in_flight(),
+            durable: false,
+            stream: None,
+            max_deliver: default_max_deliver(),
+            backoff_ms: default_backoff_ms(),
+            ack_wait_ms: default_ack_wait_ms(),
+            dead_letter: None,
+        }
+    }
 }
 
 fn default_max_in_flight() -> u32 {
     64
+}
+
+fn default_max_deliver() -> u32 {
+    5
+}
+
+fn default_backoff_ms() -> Vec<u64> {
+    vec![1_000, 5_000, 30_000]
+}
+
+fn default_ack_wait_ms() -> u64 {
+    30_000
 }
 
 /// One HTTP route: a path pattern and, optionally, the methods it accepts.
@@ -320,6 +374,72 @@ impl ComponentSpec {
                     format!("subscriptions[{i}].max_in_flight"),
                     format!("subscription `{}`: must be at least 1", sub.subject),
                 ));
+            }
+            let key = |name: &str| format!("subscriptions[{i}].{name}");
+            let durable_only = [
+                ("stream", sub.stream.is_some()),
+                ("max_deliver", sub.max_deliver != default_max_deliver()),
+                ("backoff_ms", sub.backoff_ms != default_backoff_ms()),
+                ("ack_wait_ms", sub.ack_wait_ms != default_ack_wait_ms()),
+                ("dead_letter", sub.dead_letter.is_some()),
+            ];
+            if let Some((name, _)) = durable_only.iter().find(|(_, set)| *set && !sub.durable) {
+                return Err(SpecError::new(
+                    key(name),
+                    format!(
+                        "subscription `{}`: `{name}` applies to durable subscriptions only; add `durable = true`",
+                        sub.subject
+                    ),
+                ));
+            }
+            if sub.durable {
+                if sub.broadcast || sub.queue_group.is_some() {
+                    return Err(SpecError::new(
+                        key(if sub.broadcast {
+                            "broadcast"
+                        } else {
+                            "queue_group"
+                        }),
+                        format!(
+                            "subscription `{}`: a durable subscription has one durable consumer for all hosts, named after the component; leave out `broadcast` and `queue_group`",
+                            sub.subject
+                        ),
+                    ));
+                }
+                if sub.max_deliver == 0 {
+                    return Err(SpecError::new(key("max_deliver"), "must be at least 1"));
+                }
+                if sub.ack_wait_ms < 100 {
+                    return Err(SpecError::new(key("ack_wait_ms"), "must be at least 100"));
+                }
+                if sub.backoff_ms.is_empty()
+                    || sub.backoff_ms.iter().any(|&b| b > MAX_STREAM_TIMEOUT_MS)
+                {
+                    return Err(SpecError::new(
+                        key("backoff_ms"),
+                        "give at least one delay, each at most a day (86400000)",
+                    ));
+                }
+                if let Some(stream) = sub.stream.as_ref().filter(|s| !valid_bucket(s)) {
+                    return Err(SpecError::new(
+                        key("stream"),
+                        format!(
+                            "`{stream}` is not a valid stream name (use a-z, A-Z, 0-9, `-` and `_`)"
+                        ),
+                    ));
+                }
+                if let Some(dead) = sub
+                    .dead_letter
+                    .as_ref()
+                    .filter(|d| !subject::valid_subject(d) || subject::reserved(d).is_some())
+                {
+                    return Err(SpecError::new(
+                        key("dead_letter"),
+                        format!(
+                            "`{dead}` is not a subject a dead letter can go to (no wildcards, not reserved)"
+                        ),
+                    ));
+                }
             }
             if sub.broadcast && sub.queue_group.is_some() {
                 return Err(SpecError::new(

@@ -19,7 +19,9 @@ use crate::bus::{
 };
 use crate::call::{Call, Invoke};
 use crate::capabilities::messaging::BrokerMessage;
+use crate::capabilities::messaging::DeliveryInfo;
 use crate::deployment::{DeployError, Deployment, LinkedExport};
+use crate::events::EventStore;
 use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
 use crate::spec::ValidSpec;
 use crate::spec::subject::{reserved, valid_reply_target};
@@ -60,12 +62,13 @@ pub fn idle_instances(deployment: &Deployment) -> usize {
 #[derive(Debug)]
 pub struct MessagingTrigger {
     bus: Arc<dyn MessageBus>,
+    events: Arc<dyn EventStore>,
 }
 
 impl MessagingTrigger {
-    /// A trigger on `bus`.
-    pub fn new(bus: Arc<dyn MessageBus>) -> MessagingTrigger {
-        MessagingTrigger { bus }
+    /// A trigger on `bus`, with durable subscriptions on `events`.
+    pub fn new(bus: Arc<dyn MessageBus>, events: Arc<dyn EventStore>) -> MessagingTrigger {
+        MessagingTrigger { bus, events }
     }
 }
 
@@ -123,6 +126,23 @@ impl MessagingTrigger {
     async fn subscribe(&self, deployment: &Arc<Deployment>) -> Result<Vec<Running>, DeployError> {
         let mut running = Vec::new();
         for sub in &deployment.spec.subscriptions {
+            if sub.durable {
+                let started = super::durable::subscribe(
+                    deployment,
+                    self.bus.clone(),
+                    self.events.clone(),
+                    sub,
+                )
+                .await;
+                match started {
+                    Ok((stop, task)) => running.push(Running { stop, task }),
+                    Err(e) => {
+                        retire(running).await;
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
             let group = if sub.broadcast {
                 None
             } else {
@@ -322,8 +342,20 @@ pub async fn handle(
     bus: &dyn MessageBus,
     message: Message,
 ) -> Outcome {
+    handle_delivery(deployment, bus, message, None).await
+}
+
+/// [`handle`] for a message that is a durable `delivery`, which the guest can read.
+pub async fn handle_delivery(
+    deployment: &Arc<Deployment>,
+    bus: &dyn MessageBus,
+    message: Message,
+    delivery: Option<DeliveryInfo>,
+) -> Outcome {
     let reply_to = message.reply_to.clone();
-    let Some(call) = Call::<GuestMessageHandlerPre<StoreData>>::begin(deployment, reply_to) else {
+    let Some(call) =
+        Call::<GuestMessageHandlerPre<StoreData>>::begin_message(deployment, reply_to, delivery)
+    else {
         return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
     };
     deployment.requests.fetch_add(1, Ordering::Relaxed);

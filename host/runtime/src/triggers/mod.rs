@@ -15,6 +15,7 @@
 //! 2. `spec/mod.rs`: the spec field that configures it (routes, subscriptions, ...).
 //! 3. Here: one line in [`all`].
 
+pub mod durable;
 pub mod http;
 pub mod messaging;
 pub mod websocket;
@@ -41,15 +42,18 @@ pub struct Triggers {
     pub guest_bus: Arc<dyn MessageBus>,
 }
 
-/// Every trigger of a host whose message bus is `bus`. The one list to extend with a
-/// new trigger.
-pub fn all(bus: &Arc<dyn MessageBus>) -> Triggers {
+/// Every trigger of a host whose message bus is `bus` and whose streams are `events`.
+/// The one list to extend with a new trigger.
+pub fn all(bus: &Arc<dyn MessageBus>, events: &Arc<dyn crate::events::EventStore>) -> Triggers {
     let websocket = websocket::WebSocketTrigger::new(bus.clone());
     let guest_bus = websocket::LocalConnections::over(bus.clone(), websocket.clone());
     let http = Arc::new(http::HttpTrigger::new(websocket.clone()));
     let all: Vec<Arc<dyn Trigger>> = vec![
         http.clone(),
-        Arc::new(messaging::MessagingTrigger::new(bus.clone())),
+        Arc::new(messaging::MessagingTrigger::new(
+            bus.clone(),
+            events.clone(),
+        )),
         websocket,
     ];
     Triggers {

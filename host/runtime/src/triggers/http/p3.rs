@@ -281,6 +281,7 @@ impl HandlerState for Workers {
         let call = CallContext {
             deadline: deployment.deadline(),
             reply_to: None,
+            delivery: None,
         };
         let (store, service) = match export.entry.pool.take() {
             Some((mut store, service, _)) => {

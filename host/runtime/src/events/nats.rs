@@ -1,0 +1,316 @@
+//! The JetStream event store: streams on the NATS server, and durable pull consumers
+//! shared by every host, each message going to one of them. The server keeps the
+//! position, the deliveries out and their ack waits, so a host that stops (even with
+//! SIGKILL) leaves its deliveries to be redelivered to another.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
+
+use super::{
+    Acknowledge, ConsumerConfig, DEDUP_WINDOW, Deliveries, Delivery, EventError, EventStore,
+    MESSAGE_ID, Stored, StreamConfig, covers, overlaps,
+};
+use crate::bus::{Message, StopDelivery};
+
+/// Streams and durable consumers on a JetStream server.
+#[derive(Debug, Clone)]
+pub struct NatsEvents {
+    js: jetstream::Context,
+    url: String,
+}
+
+fn err(e: impl std::fmt::Display) -> EventError {
+    EventError(format!("JetStream: {e}"))
+}
+
+impl NatsEvents {
+    /// Events on a connection of its own to the server `config` names.
+    pub async fn connect(config: &crate::bus::nats::NatsConfig) -> anyhow::Result<NatsEvents> {
+        let client = crate::bus::nats::connect_client(config, "events", 1024).await?;
+        Ok(NatsEvents {
+            js: jetstream::new(client),
+            url: crate::bus::nats::redact_url(&config.url),
+        })
+    }
+}
+
+impl EventStore for NatsEvents {
+    fn bind_stream(
+        &self,
+        subject: String,
+        create: StreamConfig,
+    ) -> BoxFuture<'_, Result<String, EventError>> {
+        async move {
+            // Streams whose subjects touch `subject` (the server matches wildcards).
+            // The stream whose subjects touch `subject`, if any (JetStream lets no two
+            // streams share a subject).
+            let touching = self.js.stream_by_subject(subject.clone()).await.ok();
+            if let Some(name) = &touching {
+                let mut s = self.js.get_stream(name).await.map_err(err)?;
+                let subjects = s.info().await.map_err(err)?.config.subjects.clone();
+                if subjects.iter().any(|p| covers(p, &subject)) {
+                    return Ok(name.clone());
+                }
+                if let Some(p) = subjects.iter().find(|p| overlaps(p, &subject)) {
+                    return Err(EventError(format!(
+                        "stream `{name}` keeps `{p}`, which overlaps `{subject}` without covering it; subscribe to subjects within `{p}`, or to ones it does not touch"
+                    )));
+                }
+            }
+            let config = stream::Config {
+                name: create.name.clone(),
+                subjects: create.subjects,
+                max_age: create.max_age,
+                max_bytes: i64::try_from(create.max_bytes).unwrap_or(i64::MAX),
+                max_messages: i64::try_from(create.max_messages).unwrap_or(i64::MAX),
+                duplicate_window: DEDUP_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            };
+            self.js.get_or_create_stream(config).await.map_err(|e| {
+                EventError(format!(
+                    "creating stream `{}` for `{subject}`: {e} (JetStream must be enabled: `nats-server -js`)",
+                    create.name
+                ))
+            })?;
+            Ok(create.name)
+        }
+        .boxed()
+    }
+
+    fn publish(
+        &self,
+        message: Message,
+        id: Option<String>,
+    ) -> BoxFuture<'_, Result<Stored, EventError>> {
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            for (k, v) in &message.headers {
+                if !k.eq_ignore_ascii_case(MESSAGE_ID) {
+                    headers.append(k.as_str(), v.as_str());
+                }
+            }
+            if let Some(id) = &id {
+                headers.insert(MESSAGE_ID, id.as_str());
+            }
+            let subject = message.subject.clone();
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers, message.body)
+                .await
+                .map_err(err)?
+                .await
+                .map_err(|e| {
+                    if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound {
+                        EventError(format!(
+                            "no stream keeps `{subject}`: subscribe a component to it durably (`durable = true`) first"
+                        ))
+                    } else {
+                        err(e)
+                    }
+                })?;
+            Ok(Stored {
+                stream: ack.stream,
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }
+        .boxed()
+    }
+
+    fn consume(
+        &self,
+        consumer: ConsumerConfig,
+        buffer: usize,
+    ) -> BoxFuture<'_, Result<Deliveries, EventError>> {
+        async move {
+            let stream = self.js.get_stream(&consumer.stream).await.map_err(err)?;
+            let config = pull::Config {
+                durable_name: Some(consumer.name.clone()),
+                filter_subject: consumer.filter.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: consumer.ack_wait,
+                // weft counts deliveries and ends a message as a dead letter itself.
+                max_deliver: -1,
+                max_ack_pending: i64::from(consumer.max_ack_pending),
+                ..Default::default()
+            };
+            let pull: jetstream::consumer::PullConsumer =
+                stream.create_consumer(config).await.map_err(|e| {
+                    EventError(format!(
+                        "creating durable consumer `{}` on stream `{}`: {e}",
+                        consumer.name, consumer.stream
+                    ))
+                })?;
+            let (sender, deliveries) = mpsc::channel(buffer.max(1));
+            let stop = Arc::new(Stop::default());
+            tokio::spawn(pull_loop(pull, consumer, sender, stop.clone()));
+            Ok(Deliveries {
+                deliveries,
+                stop: Box::new(StopHandle(stop)),
+            })
+        }
+        .boxed()
+    }
+
+    fn describe(&self) -> String {
+        format!("JetStream ({})", self.url)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: AtomicBool,
+    wake: Notify,
+}
+
+#[derive(Debug)]
+struct StopHandle(Arc<Stop>);
+
+impl StopDelivery for StopHandle {
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        self.0.stopped.store(true, Ordering::Relaxed);
+        self.0.wake.notify_waiters();
+        async {}.boxed()
+    }
+}
+
+impl Drop for StopHandle {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+        self.0.wake.notify_waiters();
+    }
+}
+
+/// How long one pull request waits for messages before the next is made.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
+
+/// Pulls as many messages as there is room for, hands each on, and pulls again, until
+/// stopped. A batch is taken in whole, so no message waits unseen in the client when it
+/// stops.
+async fn pull_loop(
+    pull: jetstream::consumer::PullConsumer,
+    consumer: ConsumerConfig,
+    sender: mpsc::Sender<Delivery>,
+    stop: Arc<Stop>,
+) {
+    while !stop.stopped.load(Ordering::Relaxed) {
+        let stopping = stop.wake.notified();
+        tokio::pin!(stopping);
+        stopping.as_mut().enable();
+        let permit = tokio::select! {
+            permit = sender.reserve() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = &mut stopping => return,
+        };
+        let room = 1 + sender.capacity();
+        let batch = pull
+            .batch()
+            .max_messages(room)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                drop(permit);
+                tracing::warn!(
+                    "events: pulling from consumer `{}`: {e}; retrying in 1 s",
+                    consumer.name
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut permit = Some(permit);
+        while let Some(message) = batch.next().await {
+            let message = match message {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("events: consumer `{}`: {e}", consumer.name);
+                    break;
+                }
+            };
+            let Some(delivery) = to_delivery(message) else {
+                continue;
+            };
+            match permit.take() {
+                Some(p) => p.send(delivery),
+                None => {
+                    if sender.send(delivery).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn to_delivery(message: jetstream::Message) -> Option<Delivery> {
+    let (stream, sequence, attempt) = {
+        let info = message.info().ok()?;
+        (
+            info.stream.to_string(),
+            info.stream_sequence,
+            u32::try_from(info.delivered).unwrap_or(u32::MAX),
+        )
+    };
+    let (message, acker) = message.split();
+    let headers: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .flat_map(|h| h.iter())
+        .flat_map(|(k, values)| {
+            values
+                .iter()
+                .map(move |v| (k.to_string(), v.as_str().to_string()))
+        })
+        .collect();
+    let id = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(MESSAGE_ID))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| format!("{stream}:{sequence}"));
+    Some(Delivery {
+        message: Message {
+            subject: message.subject.to_string(),
+            reply_to: None,
+            headers,
+            body: message.payload,
+        },
+        id,
+        stream,
+        attempt,
+        ack: Box::new(Ack(acker)),
+    })
+}
+
+struct Ack(jetstream::message::Acker);
+
+impl Acknowledge for Ack {
+    fn ack(&self) -> BoxFuture<'_, Result<(), EventError>> {
+        async move { self.0.ack().await.map_err(err) }.boxed()
+    }
+
+    fn nak(&self, delay: Duration) -> BoxFuture<'_, Result<(), EventError>> {
+        async move {
+            self.0
+                .ack_with(AckKind::Nak(Some(delay)))
+                .await
+                .map_err(err)
+        }
+        .boxed()
+    }
+
+    fn working(&self) -> BoxFuture<'_, Result<(), EventError>> {
+        async move { self.0.ack_with(AckKind::Progress).await.map_err(err) }.boxed()
+    }
+}
