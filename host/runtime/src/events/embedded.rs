@@ -22,9 +22,9 @@ use tokio::sync::{Notify, mpsc};
 
 use super::{
     Acknowledge, ConsumerConfig, DEDUP_WINDOW, Deliveries, Delivery, EventError, EventStore,
-    MESSAGE_ID, Stored, StreamConfig, covers, overlaps,
+    MESSAGE_ID, Stop, Stored, StreamConfig, covers, overlaps,
 };
-use crate::bus::{Message, StopDelivery, subject_matches};
+use crate::bus::{Message, subject_matches};
 
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
@@ -636,7 +636,7 @@ impl EventStore for EmbeddedEvents {
                     .await?
             };
             let (sender, deliveries) = mpsc::channel(buffer.max(1));
-            let stopped = Arc::new(Stop::default());
+            let (stopped, stop) = Stop::signal();
             tokio::spawn(deliver(
                 self.clone(),
                 key,
@@ -645,40 +645,13 @@ impl EventStore for EmbeddedEvents {
                 stopped.clone(),
                 ack_wait,
             ));
-            Ok(Deliveries {
-                deliveries,
-                stop: Box::new(StopHandle(stopped)),
-            })
+            Ok(Deliveries { deliveries, stop })
         }
         .boxed()
     }
 
     fn describe(&self) -> String {
         self.inner.describe.clone()
-    }
-}
-
-#[derive(Debug, Default)]
-struct Stop {
-    stopped: AtomicBool,
-    wake: Notify,
-}
-
-#[derive(Debug)]
-struct StopHandle(Arc<Stop>);
-
-impl StopDelivery for StopHandle {
-    fn stop(&self) -> BoxFuture<'static, ()> {
-        self.0.stopped.store(true, Ordering::Relaxed);
-        self.0.wake.notify_waiters();
-        async {}.boxed()
-    }
-}
-
-impl Drop for StopHandle {
-    fn drop(&mut self) {
-        self.0.stopped.store(true, Ordering::Relaxed);
-        self.0.wake.notify_waiters();
     }
 }
 

@@ -14,10 +14,13 @@
 pub mod embedded;
 pub mod nats;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::bus::{Message, StopDelivery};
 
@@ -115,6 +118,43 @@ pub struct Deliveries {
     pub deliveries: mpsc::Receiver<Delivery>,
     /// Stops taking new deliveries; those already received stay readable.
     pub stop: Box<dyn StopDelivery>,
+}
+
+/// What tells a backend's delivering task to stop: set through the [`StopDelivery`] of
+/// [`Stop::signal`], or when that is dropped.
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: AtomicBool,
+    wake: Notify,
+}
+
+impl Stop {
+    /// The signal, and the handle that sets it.
+    fn signal() -> (Arc<Stop>, Box<dyn StopDelivery>) {
+        let stop = Arc::new(Stop::default());
+        (stop.clone(), Box::new(StopHandle(stop)))
+    }
+
+    fn set(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.wake.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct StopHandle(Arc<Stop>);
+
+impl StopDelivery for StopHandle {
+    fn stop(&self) -> BoxFuture<'static, ()> {
+        self.0.set();
+        async {}.boxed()
+    }
+}
+
+impl Drop for StopHandle {
+    fn drop(&mut self) {
+        self.0.set();
+    }
 }
 
 /// Why an event operation failed.

@@ -4,19 +4,19 @@
 //! SIGKILL) leaves its deliveries to be redelivered to another.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::{
     Acknowledge, ConsumerConfig, DEDUP_WINDOW, Deliveries, Delivery, EventError, EventStore,
-    MESSAGE_ID, Stored, StreamConfig, covers, overlaps,
+    MESSAGE_ID, Stop, Stored, StreamConfig, covers, overlaps,
 };
-use crate::bus::{Message, StopDelivery};
+use crate::bus::Message;
 
 /// Streams and durable consumers on a JetStream server.
 #[derive(Debug, Clone)]
@@ -149,42 +149,15 @@ impl EventStore for NatsEvents {
                     ))
                 })?;
             let (sender, deliveries) = mpsc::channel(buffer.max(1));
-            let stop = Arc::new(Stop::default());
-            tokio::spawn(pull_loop(pull, consumer, sender, stop.clone()));
-            Ok(Deliveries {
-                deliveries,
-                stop: Box::new(StopHandle(stop)),
-            })
+            let (stopped, stop) = Stop::signal();
+            tokio::spawn(pull_loop(pull, consumer, sender, stopped));
+            Ok(Deliveries { deliveries, stop })
         }
         .boxed()
     }
 
     fn describe(&self) -> String {
         format!("JetStream ({})", self.url)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Stop {
-    stopped: AtomicBool,
-    wake: Notify,
-}
-
-#[derive(Debug)]
-struct StopHandle(Arc<Stop>);
-
-impl StopDelivery for StopHandle {
-    fn stop(&self) -> BoxFuture<'static, ()> {
-        self.0.stopped.store(true, Ordering::Relaxed);
-        self.0.wake.notify_waiters();
-        async {}.boxed()
-    }
-}
-
-impl Drop for StopHandle {
-    fn drop(&mut self) {
-        self.0.stopped.store(true, Ordering::Relaxed);
-        self.0.wake.notify_waiters();
     }
 }
 
