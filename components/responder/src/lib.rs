@@ -12,8 +12,13 @@
 //!   (always 1 unless the component reuses instances);
 //! - `durable`: for a durable delivery, publishes `<attempt> <id> <INSTANCE>:<body>` to
 //!   `seen.<subject>`; a body `poison` always fails, `fail-until-N` fails until attempt
-//!   N, `slow-MS` sleeps MS milliseconds first; `dead` publishes the dead letter's
+//!   N, `slow-MS` publishes `<attempt> <id> <INSTANCE>` to `seen.start.<subject>` and
+//!   sleeps MS milliseconds first; `dead` publishes the dead letter's
 //!   `Weft-Error` and `Weft-Original-Subject` headers instead of the body;
+//! - `event-publish`: publishes a body `SUBJECT\nPAYLOAD\nID` through
+//!   `weft:platform/events` (the id may be empty) and replies `ok` or the error;
+//! - `tick` (a schedule named `tick`): publishes `<INSTANCE> <attempt> <body>` to
+//!   `seen.tick`;
 //! - `slow`: publishes `seen.start.<subject>`, sleeps for the body's milliseconds, then
 //!   publishes `seen.done.<subject>` (a handler still running when something stops).
 //!
@@ -114,6 +119,26 @@ impl MessageGuest for Responder {
                 reply_to: None,
             }),
             "count" => reply(&msg.reply_to, handled.to_string().into_bytes()),
+            "event-publish" => {
+                let mut lines = text.splitn(3, '\n');
+                let subject = lines.next().unwrap_or_default();
+                let payload = lines.next().unwrap_or_default();
+                let id = lines.next().filter(|id| !id.is_empty()).map(str::to_string);
+                let outcome =
+                    weft::platform::events::publish(subject, payload.as_bytes(), id.as_deref());
+                reply(
+                    &msg.reply_to,
+                    outcome.err().unwrap_or_else(|| "ok".into()).into_bytes(),
+                )
+            }
+            "tick" => {
+                let attempt = weft::platform::events::current_delivery().map_or(0, |d| d.attempt);
+                consumer::publish(&BrokerMessage {
+                    subject: "seen.tick".into(),
+                    body: format!("{} {attempt} {text}", instance()).into_bytes(),
+                    reply_to: None,
+                })
+            }
             "durable" | "dead" => {
                 let Some(d) = weft::platform::events::current_delivery() else {
                     return Err("not a durable delivery".into());
@@ -129,6 +154,11 @@ impl MessageGuest for Responder {
                     return Err(format!("failing attempt {}", d.attempt));
                 }
                 if let Some(ms) = text.strip_prefix("slow-") {
+                    consumer::publish(&BrokerMessage {
+                        subject: format!("seen.start.{}", msg.subject),
+                        body: format!("{} {} {}", d.attempt, d.id, instance()).into_bytes(),
+                        reply_to: None,
+                    })?;
                     let ms = ms.split('-').next().unwrap_or("0");
                     std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
                 }

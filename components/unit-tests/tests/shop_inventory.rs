@@ -69,3 +69,49 @@ async fn bad_requests_are_answered_not_dropped() {
         Outcome::HandlerError("reservations are requests: a reply subject is required".into())
     );
 }
+
+/// The `release-stale` schedule, one tick at a time: a hold older than `HOLD_SECONDS`
+/// whose order orders does not know is given back; one whose order exists stays sold;
+/// while orders does not answer, nothing changes.
+#[tokio::test]
+async fn a_tick_releases_reservations_whose_order_was_never_stored() {
+    use weft_test::Stub;
+    let i = inventory().await.with_config("HOLD_SECONDS", "0").unwrap();
+    i.send("PUT", "/inventory/pear", r#"{"stock": 5}"#).await;
+    let hold = |id: &str, qty: u32| {
+        format!(r#"{{"reservation": "{id}", "items": [{{"sku": "pear", "qty": {qty}}}]}}"#)
+    };
+    for (id, qty) in [("o-lost", 2), ("o-kept", 1)] {
+        let (_, reply) = i.request("shop.inventory.reserve", hold(id, qty)).await;
+        assert!(String::from_utf8_lossy(&reply.unwrap().body).contains("\"ok\":true"));
+    }
+    assert_eq!(i.get("/inventory").await.text(), r#"{"pear":2}"#);
+
+    i.stub("shop.order.get", Stub::Timeout);
+    assert_eq!(i.tick("release-stale").await.unwrap(), Outcome::Handled);
+    assert_eq!(
+        i.get("/inventory").await.text(),
+        r#"{"pear":2}"#,
+        "orders away: kept"
+    );
+
+    i.stub(
+        "shop.order.get",
+        Stub::Respond(Box::new(|id| {
+            if id == b"o-kept" {
+                br#"{"id":"o-kept"}"#.to_vec()
+            } else {
+                b"null".to_vec()
+            }
+        })),
+    );
+    assert_eq!(i.tick("release-stale").await.unwrap(), Outcome::Handled);
+    assert_eq!(
+        i.get("/inventory").await.text(),
+        r#"{"pear":4}"#,
+        "o-lost given back"
+    );
+    assert_eq!(i.tick("release-stale").await.unwrap(), Outcome::Handled);
+    assert_eq!(i.get("/inventory").await.text(), r#"{"pear":4}"#, "once");
+    assert!(i.tick("no-such").await.is_err());
+}

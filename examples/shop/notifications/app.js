@@ -1,5 +1,5 @@
 // The shop's notifications service, in JavaScript. It keeps the recent order events it
-// receives on `shop.orders.>` in its own `notifications` bucket, and serves them at
+// receives on `shop.orders.>` (a durable subscription) in its own `notifications` bucket, and serves them at
 // `GET /notifications` (newest last, at most 20).
 //
 // Built into a component by componentize-js (`npm run build`), for the
@@ -9,6 +9,7 @@
 import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.12';
 import { open } from 'wasi:keyvalue/store@0.2.0-draft';
 import { increment } from 'wasi:keyvalue/atomics@0.2.0-draft';
+import { currentDelivery } from 'weft:platform/events';
 
 const BUCKET = 'notifications';
 const RECENT = 20;
@@ -27,9 +28,20 @@ export const handler = {
       throw `event on ${message.subject} is not JSON: ${e}`;
     }
     const bucket = open(BUCKET);
+    // At least once: a redelivered event (its handler failed, or its host stopped after
+    // storing it) carries the same delivery id, so it is stored once. (Marked after
+    // storing: a crash in between stores it twice rather than not at all.)
+    const delivery = currentDelivery();
+    const seen = delivery === undefined ? undefined : `delivery:${delivery.id}`;
+    if (seen !== undefined && bucket.get(seen) != null) {
+      return;
+    }
     const seq = increment(bucket, 'seq', 1n);
     const event = { subject: message.subject, order };
     bucket.set(`event:${String(seq).padStart(12, '0')}`, encoder.encode(JSON.stringify(event)));
+    if (seen !== undefined) {
+      bucket.set(seen, encoder.encode('1'));
+    }
   },
 };
 

@@ -7,6 +7,8 @@
 //! - WebSocket: echo round trips through the chat component vs a native axum echo.
 //! - Messaging: request/reply through the echo-responder component vs a native
 //!   responder doing the same, on nats-server and on the embedded bus.
+//! - Durable messages: the echo-responder behind a durable subscription vs a native
+//!   JetStream pull consumer doing the same, on nats-server.
 //! - Deploy to first response (cold, and a restart with a warm cache), and density.
 //!
 //! Every figure is a median over interleaved rounds and a ratio against a reference
@@ -16,9 +18,11 @@
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
 //! to target/bench), `--only SECTION,...` with sections `http` (which includes `p3`, the
 //! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `websocket`, `messaging`
-//! (or one of its halves: `messaging-nats`, `messaging-embedded`), `deploy`, `density`.
+//! (or one of its halves: `messaging-nats`, `messaging-embedded`), `durable`, `deploy`,
+//! `density`.
 
 mod deploy;
+mod durable;
 mod grpc;
 mod http;
 mod load;
@@ -135,6 +139,9 @@ fn run() -> Result<()> {
     }
     if settings.wants("messaging") || settings.wants("messaging-embedded") {
         messaging::embedded(&settings, &wasm, &mut report)?;
+    }
+    if settings.wants("durable") {
+        durable::nats(&settings, &wasm, &mut report)?;
     }
     if settings.wants("deploy") {
         deploy::deploy_times(&settings, &wasm, &mut report)?;

@@ -46,7 +46,7 @@ async fn round_trips(
 }
 
 /// p50 and p99 of `samples`.
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+pub fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
     (at(0.5), at(0.99))

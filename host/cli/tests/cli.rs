@@ -6,41 +6,9 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    /// Waits (bounded) for a stderr line containing `needle` and returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with `{needle}` within 60 s; got:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-}
 
 fn weft(args: &[&str]) -> std::process::Output {
     Command::new(WEFT)
@@ -202,63 +170,6 @@ fn no_host_and_bad_manifests_get_errors_that_say_what_to_do() {
         err.contains("missing.wasm does not exist") && err.contains("no `build` command"),
         "{err}"
     );
-}
-
-/// Starts `weft up MANIFEST` on ephemeral ports with its cache and data in `dir`; returns
-/// the running process and its HTTP and admin addresses.
-fn weft_up(dir: &std::path::Path, manifest: &std::path::Path) -> (Running, String, String) {
-    weft_up_with(dir, manifest, &[])
-}
-
-/// [`weft_up`] with further `weft up` arguments.
-fn weft_up_with(
-    dir: &std::path::Path,
-    manifest: &std::path::Path,
-    args: &[&str],
-) -> (Running, String, String) {
-    let mut child = Command::new(WEFT)
-        .args([
-            "up",
-            manifest.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        // Its own key-value store: a host running on this machine holds the default one.
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting weft up");
-    let (tx, lines) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut up = Running {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
-    let http = up
-        .wait_for("serving on http://")
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .to_string();
-    let admin = up
-        .wait_for("admin API on http://")
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .to_string();
-    (up, http, admin)
 }
 
 /// `wasi:logging` from a real guest: each call is one host log line at its level, with

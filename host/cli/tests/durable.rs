@@ -1,7 +1,8 @@
 //! Durable subscriptions end to end, as a conformance suite run against both backends
 //! (the embedded store and a real nats-server with JetStream), through the responder
 //! component's `durable` action, which publishes `<attempt> <id> <instance>:<body>` to
-//! `seen.<subject>` for each delivery it handles.
+//! `seen.<subject>` for each delivery it handles; and schedules, through its `tick`
+//! action.
 #![allow(clippy::unwrap_used)]
 
 #[macro_use]
@@ -13,8 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
+use jiff::Timestamp;
 use weft_runtime::Host;
 use weft_runtime::bus::{Message, MessageBus, Subscription};
+use weft_runtime::spec::schedule::ScheduleSpec;
 use weft_runtime::spec::{ComponentSpec, SubscriptionSpec};
 
 const SUBJECT: &str = "jobs.durable";
@@ -150,6 +153,8 @@ conformance!(
     a_poison_message_becomes_a_dead_letter_and_the_rest_flow,
     events_survive_a_host_restart,
     redeploying_under_a_stream_loses_none,
+    guests_publish_durably_once_and_only_within_their_grant,
+    a_tick_missed_while_no_host_ran_fires_once_on_start,
 );
 
 async fn events_published_while_undeployed_are_all_handled(env: Env) {
@@ -292,4 +297,245 @@ async fn redeploying_under_a_stream_loses_none(env: Env) {
 fn with_instance(mut spec: ComponentSpec, instance: &str) -> ComponentSpec {
     spec.config.insert("INSTANCE".into(), instance.into());
     spec
+}
+
+async fn guests_publish_durably_once_and_only_within_their_grant(env: Env) {
+    let mut spec = durable(|_| {});
+    spec.allowed_publish.push(SUBJECT.into());
+    spec.subscriptions
+        .push(SubscriptionSpec::to("cmd.event-publish"));
+    env.deploy(spec).await;
+    let mut seen = env.watch("seen.jobs.durable").await;
+    let publish = |body: &'static str| {
+        let bus = env.bus();
+        async move {
+            let reply = bus
+                .request(
+                    "cmd.event-publish".into(),
+                    Bytes::from(body),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&reply.body).to_string()
+        }
+    };
+    // Within its grant, into the stream: stored once however often it is retried.
+    for _ in 0..3 {
+        assert_eq!(publish("jobs.durable\nonce\nevent-1").await, "ok");
+    }
+    assert_eq!(publish("jobs.durable\nanother\n").await, "ok");
+    let got = collect(&mut seen, Duration::from_secs(10), |s| s.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bodies: Vec<&str> = got.iter().map(|s| s.body.as_str()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["another", "once"], "{got:?}");
+    assert!(
+        seen.messages.try_recv().is_err(),
+        "the retries stored nothing"
+    );
+    assert_eq!(
+        got.iter().find(|s| s.body == "once").unwrap().id,
+        "event-1",
+        "the idempotency id is the delivery id"
+    );
+
+    // Outside it: refused with the grant to add, and nothing is stored.
+    let denied = publish("other.subject\nnope\n").await;
+    assert!(
+        denied.contains("permission denied") && denied.contains("allowed_publish"),
+        "{denied}"
+    );
+    // The host's own subjects (schedule ticks among them) are out of every grant's reach.
+    let forged = publish("_WEFT.schedule.worker.tick\nforged\n").await;
+    assert!(
+        forged.contains("permission denied") && forged.contains("`_WEFT.`"),
+        "{forged}"
+    );
+    env.shutdown().await;
+}
+
+/// The body of the next message on `subject` (others are skipped), within 30 s.
+async fn next_on(seen: &mut async_nats::Subscriber, subject: &str) -> String {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(seen))
+            .await
+            .unwrap_or_else(|_| panic!("nothing on `{subject}` within 30 s"))
+            .unwrap();
+        if m.subject.as_str() == subject {
+            return String::from_utf8_lossy(&m.payload).to_string();
+        }
+    }
+}
+
+/// Two `weft up` processes on one nats-server share a durable consumer; the one
+/// handling a message is killed with SIGKILL mid-handling (no drain, no nak): the
+/// message is delivered again, after its ack wait, to the other host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_whose_host_is_killed_mid_handling_goes_to_another_host() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut seen = client.subscribe("seen.>").await.unwrap();
+    client.flush().await.unwrap();
+    let wasm = wasm("responder");
+    let host = |instance: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("responder.wasm"), &wasm).unwrap();
+        let manifest = dir.path().join("weft.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"fleet\"\n[components.worker]\nsource = \"responder.wasm\"\n\
+                 allowed_publish = [\"seen.>\"]\nconfig = {{ INSTANCE = \"{instance}\" }}\n\
+                 subscriptions = [{{ subject = \"{SUBJECT}\", durable = true, max_in_flight = 1, ack_wait_ms = 1000 }}]\n"
+            ),
+        )
+        .unwrap();
+        // Serving means its manifest is deployed: its consumer is pulling.
+        let (up, _, _) = tokio::task::block_in_place(|| {
+            weft_up_with(dir.path(), &manifest, &["--nats", &nats.url()])
+        });
+        (up, dir)
+    };
+    let mut hosts = HashMap::from([("a", host("a")), ("b", host("b"))]);
+
+    client
+        .publish(SUBJECT, Bytes::from_static(b"slow-3000-k"))
+        .await
+        .unwrap();
+    let started = next_on(&mut seen, "seen.start.jobs.durable").await;
+    let (attempt, rest) = started.split_once(' ').unwrap();
+    let (id, victim) = rest.split_once(' ').unwrap();
+    assert_eq!(attempt, "1", "{started}");
+    let (mut killed, _dir) = hosts.remove(victim).unwrap();
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
+
+    let survivor = if victim == "a" { "b" } else { "a" };
+    let handled = next_on(&mut seen, "seen.jobs.durable").await;
+    assert_eq!(
+        handled,
+        format!("2 {id} {survivor}:slow-3000-k"),
+        "redelivered once, to the other host"
+    );
+    for (_, (mut up, _)) in hosts {
+        let _ = up.child.kill();
+        let _ = up.child.wait();
+    }
+}
+
+fn ticking(every: &str, instance: &str) -> ComponentSpec {
+    with_instance(
+        ComponentSpec {
+            schedules: vec![ScheduleSpec::every("tick", every)],
+            allowed_publish: vec!["seen.>".into()],
+            ..ComponentSpec::default()
+        },
+        instance,
+    )
+}
+
+/// A tick the responder handled: `<instance> <attempt> <tick time>`.
+async fn next_tick(seen: &mut Subscription, within: Duration) -> Option<(String, u32, Timestamp)> {
+    let m = tokio::time::timeout(within, seen.messages.recv())
+        .await
+        .ok()??;
+    let text = String::from_utf8_lossy(&m.body).to_string();
+    let mut parts = text.split(' ');
+    let instance = parts.next()?.to_string();
+    let attempt = parts.next()?.parse().ok()?;
+    let tick = parts.next()?.parse().ok()?;
+    Some((instance, attempt, tick))
+}
+
+async fn a_tick_missed_while_no_host_ran_fires_once_on_start(mut env: Env) {
+    let mut seen = env.watch("seen.tick").await;
+    env.deploy(ticking("5s", "a")).await;
+    let (_, _, first) = next_tick(&mut seen, Duration::from_secs(10))
+        .await
+        .expect("a first tick");
+    drop(seen);
+    env.stop().await;
+    // Two ticks pass with no host: first + 5 s and first + 10 s.
+    let missed = first + jiff::SignedDuration::from_secs(10);
+    let wait = Duration::try_from(missed.duration_since(Timestamp::now())).unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    env.start().await;
+    let mut seen = env.watch("seen.tick").await;
+    env.deploy(ticking("5s", "a")).await;
+    let (_, attempt, caught_up) = next_tick(&mut seen, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(caught_up, missed, "the latest missed tick, and only it");
+    assert_eq!(attempt, 1);
+    assert!(
+        Timestamp::now() < missed + jiff::SignedDuration::from_secs(5),
+        "fired on start, not at the next tick"
+    );
+    let (_, _, next) = next_tick(&mut seen, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(
+        next,
+        missed + jiff::SignedDuration::from_secs(5),
+        "then on schedule"
+    );
+    env.shutdown().await;
+}
+
+/// Three hosts on one nats-server run the same schedule for two minutes: every tick in
+/// the window is handled exactly once, by one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_hosts_fire_every_tick_of_a_schedule_exactly_once() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hosts = Vec::new();
+    for dir in &dirs {
+        hosts.push(start_host_on_nats(dir.path(), &nats).await);
+    }
+    let bus = hosts[0].deployments().backends().bus.clone();
+    let mut seen = bus.subscribe("seen.tick".into(), None, 4096).await.unwrap();
+    bus.flush(Duration::from_secs(5)).await.unwrap();
+    for (host, instance) in hosts.iter().zip(["a", "b", "c"]) {
+        deploy(host, "worker", "responder", ticking("1s", instance)).await;
+    }
+    let start = Timestamp::now();
+    let window = Duration::from_secs(120);
+    let mut handled: HashMap<Timestamp, Vec<(String, u32)>> = HashMap::new();
+    let until = tokio::time::Instant::now() + window;
+    while let Ok(Some(tick)) = tokio::time::timeout_at(until, next_tick(&mut seen, window)).await {
+        let (instance, attempt, at) = tick;
+        handled.entry(at).or_default().push((instance, attempt));
+    }
+    let end = Timestamp::now();
+    // What was due by the end is handled a moment later (later ticks are not counted).
+    let settle = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some((instance, attempt, at))) =
+        tokio::time::timeout_at(settle, next_tick(&mut seen, Duration::from_secs(3))).await
+    {
+        handled.entry(at).or_default().push((instance, attempt));
+    }
+    let twice: Vec<_> = handled.iter().filter(|(_, h)| h.len() > 1).collect();
+    assert!(twice.is_empty(), "ticks handled more than once: {twice:?}");
+    let mut missing = Vec::new();
+    let mut tick = start.as_millisecond() / 1000 + 1;
+    while tick < end.as_millisecond() / 1000 {
+        let at = Timestamp::from_second(tick).unwrap();
+        if !handled.contains_key(&at) {
+            missing.push(at);
+        }
+        tick += 1;
+    }
+    assert!(missing.is_empty(), "ticks not handled: {missing:?}");
+    let mut by_host: HashMap<&str, usize> = HashMap::new();
+    for h in handled.values().flatten() {
+        *by_host.entry(h.0.as_str()).or_default() += 1;
+    }
+    println!(
+        "{} ticks in {window:?}, each handled once; by host: {by_host:?}",
+        handled.len()
+    );
+    for host in hosts {
+        host.shutdown().await;
+    }
 }

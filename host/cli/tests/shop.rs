@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use weft_runtime::spec::ComponentSpec;
 use weft_runtime::{Host, HostConfig};
 
 struct Env {
@@ -77,6 +78,20 @@ impl Env {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Deploys the manifest's `name` again, its spec changed by `change`.
+    async fn redeploy(&self, name: &str, change: impl FnOnce(&mut ComponentSpec)) {
+        let manifest = weft_runtime::spec::manifest::Manifest::load(&manifest()).unwrap();
+        let entry = manifest.components.iter().find(|c| c.name == name).unwrap();
+        let mut spec = entry.spec.clone().into_inner();
+        change(&mut spec);
+        let wasm = std::fs::read(&entry.source).unwrap();
+        self.host
+            .deployments()
+            .deploy(name, spec, wasm.into())
+            .await
+            .unwrap();
+    }
+
     async fn order(&self, sku: &str, qty: u64) -> (u16, Value) {
         self.call(
             "POST",
@@ -91,7 +106,9 @@ conformance!(
     orders_reserve_stock_and_announce_themselves,
     the_last_item_goes_to_exactly_one_order,
     redeploying_inventory_under_orders_loses_nothing,
-    one_graphql_query_spans_orders_and_inventory
+    one_graphql_query_spans_orders_and_inventory,
+    orders_placed_while_notifications_is_away_still_appear,
+    a_reservation_without_its_order_is_released_by_the_schedule,
 );
 
 /// The gateway answers one query with fields from both services (orders over
@@ -354,4 +371,92 @@ async fn redeploying_inventory_under_orders_loses_nothing(env: Env) {
         );
     }
     Arc::into_inner(env).unwrap().host.shutdown().await;
+}
+
+/// notifications' subscription is durable: orders placed while it is undeployed are
+/// kept, and appear in `GET /notifications` once it is back.
+async fn orders_placed_while_notifications_is_away_still_appear(env: Env) {
+    env.call("PUT", "/inventory/away", Some(json!({ "stock": 10 })))
+        .await;
+    env.host
+        .deployments()
+        .undeploy("notifications")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, order) = env.order("away", 1).await;
+        assert_eq!(status, 201, "{order}");
+        ids.push(order["id"].as_str().unwrap().to_string());
+    }
+    env.redeploy("notifications", |_| {}).await;
+    let mut shown = Vec::new();
+    for _ in 0..100 {
+        let (_, events) = env.call("GET", "/notifications", None).await;
+        shown = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["order"]["id"].as_str().map(str::to_string))
+            .collect();
+        if ids.iter().all(|id| shown.contains(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        assert_eq!(
+            shown.iter().filter(|s| *s == id).count(),
+            1,
+            "{id} shown once: {shown:?}"
+        );
+    }
+    env.host.shutdown().await;
+}
+
+/// A reservation whose order was never stored (its reply came after orders' timeout)
+/// is given back by inventory's `release-stale` schedule; an order's stays sold.
+async fn a_reservation_without_its_order_is_released_by_the_schedule(env: Env) {
+    env.redeploy("inventory", |spec| {
+        spec.config.insert("HOLD_SECONDS".into(), "1".into());
+        spec.schedules[0].every = Some("1s".into());
+    })
+    .await;
+    env.call("PUT", "/inventory/stale", Some(json!({ "stock": 5 })))
+        .await;
+    let bus = env.host.deployments().backends().bus.clone();
+    let reply = bus
+        .request(
+            "shop.inventory.reserve".into(),
+            json!({ "reservation": "o-lost", "items": [{ "sku": "stale", "qty": 3 }] })
+                .to_string()
+                .into(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&reply.body).unwrap()["ok"],
+        true
+    );
+    assert_eq!(env.order("stale", 1).await.0, 201);
+    let available = || async { env.call("GET", "/inventory", None).await.1["stale"].as_u64() };
+    assert_eq!(available().await, Some(1));
+    let mut now = None;
+    for _ in 0..100 {
+        now = available().await;
+        if now == Some(4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        now,
+        Some(4),
+        "the 3 without an order came back, the order's 1 did not"
+    );
+    // Later ticks change nothing: released once, and the order's hold is settled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(available().await, Some(4));
+    env.host.shutdown().await;
 }

@@ -155,7 +155,7 @@ impl Host {
             http: http_trigger,
             all: triggers,
             guest_bus: bus,
-        } = crate::triggers::all(&bus, &events);
+        } = crate::triggers::all(&bus, &events, &kv);
         let deployments = Arc::new(LiveSet::new(Deployer {
             engines,
             cache: CompileCache::new(config.cache_dir),

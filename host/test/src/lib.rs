@@ -186,19 +186,20 @@ impl TestComponent {
         let bus: Arc<dyn MessageBus> = world.clone();
         let events: Arc<dyn weft_runtime::events::EventStore> =
             Arc::new(weft_runtime::events::embedded::EmbeddedEvents::in_memory()?);
+        let kv: Arc<dyn weft_runtime::kv::KvStore> = world.clone();
         // A host's triggers link the component's exports, as on a host; the harness
         // calls them directly instead of through listeners and subscriptions.
         let weft_runtime::triggers::Triggers {
             all: triggers,
             guest_bus: bus,
             ..
-        } = weft_runtime::triggers::all(&bus, &events);
+        } = weft_runtime::triggers::all(&bus, &events, &kv);
         let deployer = Deployer {
             engines: engines()?.clone(),
             cache: CompileCache::new(Some(cache_dir())),
             backends: Backends {
                 bus,
-                kv: world.clone(),
+                kv,
                 events,
                 listeners: Default::default(),
             },
@@ -304,6 +305,39 @@ impl TestComponent {
         };
         weft_runtime::triggers::messaging::handle(&self.deployment, self.world.as_ref(), message)
             .await
+    }
+
+    /// Delivers a tick of the component's schedule `name`, due now, to its handler, as a
+    /// host delivers it the first time (`current-delivery()` gives its id and attempt 1).
+    pub async fn tick(&self, name: &str) -> Result<Outcome> {
+        let schedule = self
+            .deployment
+            .spec
+            .schedules
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("the component has no schedule named `{name}`"))?;
+        let (message, id) = weft_runtime::triggers::schedule::tick(
+            &self.deployment.name,
+            schedule,
+            jiff::Timestamp::now(),
+        );
+        let delivery = weft_runtime::capabilities::messaging::DeliveryInfo {
+            id,
+            attempt: 1,
+            stream: format!(
+                "weft-{}",
+                weft_runtime::events::name_token(&message.subject)
+            ),
+            headers: message.headers.clone(),
+        };
+        Ok(weft_runtime::triggers::messaging::handle_delivery(
+            &self.deployment,
+            self.world.as_ref(),
+            message,
+            Some(delivery),
+        )
+        .await)
     }
 
     /// Delivers a request (with a reply subject) and returns the outcome and the reply

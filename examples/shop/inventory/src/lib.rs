@@ -1,7 +1,15 @@
 //! The shop's inventory service: stock per SKU in its own `inventory` bucket.
 //!
-//! - `shop.inventory.reserve` (request/reply) `{"items": [{"sku", "qty"}]}`: reserves all
-//!   items or none; replies `{"ok": true}` or `{"ok": false, "reason": "..."}`.
+//! - `shop.inventory.reserve` (request/reply) `{"reservation": "o-000001", "items":
+//!   [{"sku", "qty"}]}`: reserves all items or none; replies `{"ok": true}` or
+//!   `{"ok": false, "reason": "..."}`. A reservation is held (`hold:ID`) until the
+//!   schedule below finds its order.
+//! - Schedule `release-stale` (a tick on `_WEFT.schedule.inventory.release-stale`): each
+//!   hold older than `HOLD_SECONDS` (config, default 60) is looked up with orders
+//!   (`shop.order.get`, the reservation id is the order id). An order exists: the hold is
+//!   dropped and the stock stays sold. None: the order was never stored (its reply came
+//!   after orders' timeout, or orders failed), so the items are given back. Orders does
+//!   not answer: the hold waits for the next tick.
 //! - `shop.inventory.stock` (request/reply), body a SKU: replies `{"stock": available}`
 //!   (the gateway's `inStock`).
 //! - `GET /inventory`: `{"sku": available, ...}`; `PUT /inventory/:sku` `{"stock": n}`
@@ -78,9 +86,8 @@ fn reserve_one(bucket: &Bucket, sku: &str, qty: u64) -> Result<bool, String> {
 }
 
 fn reserve(body: &[u8]) -> Value {
-    let items = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("items").cloned());
+    let request = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    let items = request.get("items").cloned();
     let Some(Value::Array(items)) = items else {
         return json!({ "ok": false, "reason": "the request has no `items` array" });
     };
@@ -113,11 +120,101 @@ fn reserve(body: &[u8]) -> Value {
             }
         }
     }
+    if let Some(id) = request.get("reservation").and_then(Value::as_str) {
+        let hold = json!({ "at": now_seconds(), "items": items });
+        if let Err(e) = bucket.set(&format!("{HOLD}{id}"), hold.to_string().as_bytes()) {
+            for (sku, qty) in &done {
+                give_back(&bucket, sku, *qty);
+            }
+            return json!({ "ok": false, "reason": format!("cannot record the reservation: {e:?}") });
+        }
+    }
     json!({ "ok": true })
+}
+
+/// Prefix of a held reservation's key; its value `{"at": seconds, "items": [...]}`.
+const HOLD: &str = "hold:";
+/// Prefix of a released reservation's claim: incremented once per release attempt, so
+/// only the first of two overlapping ticks gives the items back.
+const RELEASED: &str = "released-hold:";
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The `release-stale` tick: settles every hold older than `HOLD_SECONDS`.
+fn release_stale() -> Result<(), String> {
+    let bucket = store::open(BUCKET).map_err(|e| format!("{e:?}"))?;
+    let hold_seconds: u64 = std::env::var("HOLD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let mut holds = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = bucket.list_keys(cursor).map_err(|e| format!("{e:?}"))?;
+        holds.extend(page.keys.into_iter().filter(|k| k.starts_with(HOLD)));
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let (mut released, mut confirmed) = (0, 0);
+    for key in holds {
+        let Some(hold) = bucket
+            .get(&key)
+            .map_err(|e| format!("{e:?}"))?
+            .and_then(|v| serde_json::from_slice::<Value>(&v).ok())
+        else {
+            continue;
+        };
+        let at = hold.get("at").and_then(Value::as_u64).unwrap_or(0);
+        if now_seconds().saturating_sub(at) < hold_seconds {
+            continue;
+        }
+        let id = &key[HOLD.len()..];
+        let Ok(reply) = consumer::request("shop.order.get", id.as_bytes(), 1000) else {
+            continue; // orders is away: the next tick asks again
+        };
+        if serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null) == Value::Null {
+            let claim = atomics::increment(&bucket, &format!("{RELEASED}{id}"), 1)
+                .map_err(|e| format!("{e:?}"))?;
+            if claim == 1 {
+                for item in hold
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(sku), Some(qty)) = (
+                        item.get("sku").and_then(Value::as_str),
+                        item.get("qty").and_then(Value::as_u64),
+                    ) {
+                        give_back(&bucket, sku, qty);
+                    }
+                }
+                released += 1;
+            }
+        } else {
+            confirmed += 1;
+        }
+        bucket.delete(&key).map_err(|e| format!("{e:?}"))?;
+    }
+    if released + confirmed > 0 {
+        eprintln!(
+            "release-stale: {released} reservations without an order released, {confirmed} confirmed"
+        );
+    }
+    Ok(())
 }
 
 impl MessageGuest for Inventory {
     fn handle_message(msg: BrokerMessage) -> Result<(), String> {
+        if msg.subject.ends_with(".release-stale") {
+            return release_stale();
+        }
         let answer = if msg.subject.ends_with(".stock") {
             let sku = String::from_utf8_lossy(&msg.body);
             match store::open(BUCKET)

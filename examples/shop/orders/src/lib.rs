@@ -153,7 +153,16 @@ fn create(body: &[u8]) -> (u16, Value) {
         Ok(valid) => valid,
         Err(rejection) => return rejection,
     };
-    let request = json!({ "items": items }).to_string();
+    let bucket = match store::open(BUCKET) {
+        Ok(bucket) => bucket,
+        Err(e) => return error(500, &format!("cannot open the orders bucket: {e:?}"), None),
+    };
+    // The id first: inventory holds the reservation under it until it finds the order.
+    let id = match atomics::increment(&bucket, "next-id", 1) {
+        Ok(n) => format!("o-{n:06}"),
+        Err(e) => return error(500, &format!("cannot allocate an order id: {e:?}"), None),
+    };
+    let request = json!({ "reservation": id, "items": items }).to_string();
     let reply = match consumer::request(RESERVE, request.as_bytes(), RESERVE_TIMEOUT_MS) {
         Ok(reply) => reply,
         Err(e) => return error(503, &format!("inventory is unavailable: {e}"), None),
@@ -166,14 +175,6 @@ fn create(body: &[u8]) -> (u16, Value) {
             .unwrap_or("the items cannot be reserved");
         return error(409, reason, None);
     }
-    let bucket = match store::open(BUCKET) {
-        Ok(bucket) => bucket,
-        Err(e) => return error(500, &format!("cannot open the orders bucket: {e:?}"), None),
-    };
-    let id = match atomics::increment(&bucket, "next-id", 1) {
-        Ok(n) => format!("o-{n:06}"),
-        Err(e) => return error(500, &format!("cannot allocate an order id: {e:?}"), None),
-    };
     let order = Order {
         id: id.clone(),
         customer,

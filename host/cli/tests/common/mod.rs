@@ -2,9 +2,11 @@
 //! ephemeral ports.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
 
 use weft_runtime::spec::{ComponentSpec, RouteSpec};
 #[allow(unused_imports)]
@@ -214,4 +216,94 @@ pub async fn http_target() -> std::net::SocketAddr {
         }
     });
     addr
+}
+
+/// The `weft` binary of this build.
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A `weft` process with its stderr read line by line.
+pub struct Running {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Running {
+    /// Waits (bounded) for a stderr line containing `needle` and returns it.
+    pub fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with `{needle}` within 60 s; got:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+}
+
+/// Starts `weft up MANIFEST` on ephemeral ports with its cache and data in `dir`; returns
+/// the running process and its HTTP and admin addresses.
+pub fn weft_up(dir: &std::path::Path, manifest: &std::path::Path) -> (Running, String, String) {
+    weft_up_with(dir, manifest, &[])
+}
+
+/// [`weft_up`] with further `weft up` arguments.
+pub fn weft_up_with(
+    dir: &std::path::Path,
+    manifest: &std::path::Path,
+    args: &[&str],
+) -> (Running, String, String) {
+    let mut child = Command::new(WEFT)
+        .args([
+            "up",
+            manifest.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        // Its own key-value store: a host running on this machine holds the default one.
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting weft up");
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut up = Running {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    let http = up
+        .wait_for("serving on http://")
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .to_string();
+    let admin = up
+        .wait_for("admin API on http://")
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    (up, http, admin)
 }

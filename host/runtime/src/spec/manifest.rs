@@ -114,6 +114,8 @@ struct RawComponent {
     #[serde(default)]
     subscriptions: Vec<super::SubscriptionSpec>,
     #[serde(default)]
+    schedules: Vec<super::schedule::ScheduleSpec>,
+    #[serde(default)]
     allowed_publish: Vec<String>,
     #[serde(default)]
     buckets: Vec<String>,
@@ -171,6 +173,7 @@ impl Manifest {
                 allowed_publish: entry.allowed_publish,
                 buckets: entry.buckets,
                 websocket_origins: entry.websocket_origins,
+                schedules: entry.schedules,
             };
             validate_name(&name).map_err(|e| {
                 let span = key_span(text, &format!("components.{name}"));

@@ -7,6 +7,7 @@
 pub mod manifest;
 pub mod outbound;
 pub mod route;
+pub mod schedule;
 pub mod subject;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,9 @@ pub struct ComponentSpec {
     /// browsers and are let through.
     #[serde(default)]
     pub websocket_origins: Vec<String>,
+    /// Ticks delivered to the component's message handler (README, "Schedules").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<schedule::ScheduleSpec>,
 }
 
 /// One subscription: a subject and how its messages are shared.
@@ -406,20 +410,7 @@ impl ComponentSpec {
                         ),
                     ));
                 }
-                if sub.max_deliver == 0 {
-                    return Err(SpecError::new(key("max_deliver"), "must be at least 1"));
-                }
-                if sub.ack_wait_ms < 100 {
-                    return Err(SpecError::new(key("ack_wait_ms"), "must be at least 100"));
-                }
-                if sub.backoff_ms.is_empty()
-                    || sub.backoff_ms.iter().any(|&b| b > MAX_STREAM_TIMEOUT_MS)
-                {
-                    return Err(SpecError::new(
-                        key("backoff_ms"),
-                        "give at least one delay, each at most a day (86400000)",
-                    ));
-                }
+                check_retries(sub.max_deliver, sub.ack_wait_ms, &sub.backoff_ms, key)?;
                 if let Some(stream) = sub.stream.as_ref().filter(|s| !valid_bucket(s)) {
                     return Err(SpecError::new(
                         key("stream"),
@@ -482,7 +473,16 @@ impl ComponentSpec {
                 ));
             }
         }
+        schedule::validate(&self.schedules)?;
         for (i, bucket) in self.buckets.iter().enumerate() {
+            if bucket.starts_with(HOST_BUCKET) {
+                return Err(SpecError::new(
+                    format!("buckets[{i}]"),
+                    format!(
+                        "`{bucket}`: bucket names starting with `{HOST_BUCKET}` are the host's own"
+                    ),
+                ));
+            }
             if !valid_bucket(bucket) {
                 return Err(SpecError::new(
                     format!("buckets[{i}]"),
@@ -499,6 +499,32 @@ impl ComponentSpec {
         Ok(ValidSpec(self))
     }
 }
+
+/// The retry settings of a durable subscription or a schedule (`key` names a field).
+fn check_retries(
+    max_deliver: u32,
+    ack_wait_ms: u64,
+    backoff_ms: &[u64],
+    key: impl Fn(&str) -> String,
+) -> Result<(), SpecError> {
+    if max_deliver == 0 {
+        return Err(SpecError::new(key("max_deliver"), "must be at least 1"));
+    }
+    if ack_wait_ms < 100 {
+        return Err(SpecError::new(key("ack_wait_ms"), "must be at least 100"));
+    }
+    if backoff_ms.is_empty() || backoff_ms.iter().any(|&b| b > MAX_STREAM_TIMEOUT_MS) {
+        return Err(SpecError::new(
+            key("backoff_ms"),
+            "give at least one delay, each at most a day (86400000)",
+        ));
+    }
+    Ok(())
+}
+
+/// The key-value bucket the host keeps its own state in (schedules' last ticks); no
+/// component may open it.
+pub const HOST_BUCKET: &str = "_weft";
 
 /// Whether `name` is usable as a key-value bucket name on every backend.
 pub fn valid_bucket(name: &str) -> bool {

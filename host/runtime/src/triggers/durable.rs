@@ -109,9 +109,12 @@ pub async fn subscribe(
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(name, &sub.subject));
+    // The component's dead letters (`dead.COMPONENT.>`) share one stream; a dead-letter
+    // subject elsewhere gets a stream of its own.
+    let own = format!("dead.{name}.");
     let (dead_subject, dead_stream) = match &sub.dead_letter {
-        Some(d) => (d.clone(), format!("weft-dead-{}", name_token(d))),
-        None => (format!("dead.{name}.>"), format!("weft-dead-{name}")),
+        Some(d) if !d.starts_with(&own) => (d.clone(), format!("weft-dead-{}", name_token(d))),
+        _ => (format!("{own}>"), format!("weft-dead-{name}")),
     };
     events
         .bind_stream(

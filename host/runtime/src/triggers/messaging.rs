@@ -101,6 +101,8 @@ impl Trigger for MessagingTrigger {
             return Ok(None);
         };
         let mut in_flight: u32 = spec.subscriptions.iter().map(|s| s.max_in_flight).sum();
+        // Each schedule's ticks arrive here too, one at a time.
+        in_flight = in_flight.saturating_add(spec.schedules.len() as u32);
         // WebSocket events arrive here too, up to `max_concurrency` at once.
         if spec.routes.iter().any(|r| r.websocket) {
             in_flight = in_flight.saturating_add(spec.limits.max_concurrency);

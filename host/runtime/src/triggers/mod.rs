@@ -1,6 +1,6 @@
 //! Triggers: what calls a component. [`http`] serves its routes; [`messaging`] delivers
 //! the messages of its subscriptions; [`websocket`] the events of the WebSocket
-//! connections its routes accept. Each trigger is one module with
+//! connections its routes accept; [`schedule`] the ticks of its schedules. Each trigger is one module with
 //! - its export: a `Pre` impl for the typed export it calls, linked at deploy into an
 //!   [`Entry`](crate::instance::Entry) with its pool (a spec that needs it from a component without it: refused);
 //! - its calls, through the one call path (`call.rs`: take or instantiate, deadline,
@@ -18,6 +18,7 @@
 pub mod durable;
 pub mod http;
 pub mod messaging;
+pub mod schedule;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -42,9 +43,13 @@ pub struct Triggers {
     pub guest_bus: Arc<dyn MessageBus>,
 }
 
-/// Every trigger of a host whose message bus is `bus` and whose streams are `events`.
-/// The one list to extend with a new trigger.
-pub fn all(bus: &Arc<dyn MessageBus>, events: &Arc<dyn crate::events::EventStore>) -> Triggers {
+/// Every trigger of a host whose message bus is `bus`, whose streams are `events` and
+/// whose key-value store is `kv`. The one list to extend with a new trigger.
+pub fn all(
+    bus: &Arc<dyn MessageBus>,
+    events: &Arc<dyn crate::events::EventStore>,
+    kv: &Arc<dyn crate::kv::KvStore>,
+) -> Triggers {
     let websocket = websocket::WebSocketTrigger::new(bus.clone());
     let guest_bus = websocket::LocalConnections::over(bus.clone(), websocket.clone());
     let http = Arc::new(http::HttpTrigger::new(websocket.clone()));
@@ -55,6 +60,11 @@ pub fn all(bus: &Arc<dyn MessageBus>, events: &Arc<dyn crate::events::EventStore
             events.clone(),
         )),
         websocket,
+        Arc::new(schedule::ScheduleTrigger::new(
+            bus.clone(),
+            events.clone(),
+            kv.clone(),
+        )),
     ];
     Triggers {
         http,
