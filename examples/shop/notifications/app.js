@@ -9,7 +9,7 @@
 import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam } from 'wasi:http/types@0.2.12';
 import { open } from 'wasi:keyvalue/store@0.2.0-draft';
 import { increment } from 'wasi:keyvalue/atomics@0.2.0-draft';
-import { currentDelivery } from 'weft:platform/events';
+import { currentDelivery } from 'weft:platform/events@0.1.0';
 
 const BUCKET = 'notifications';
 const RECENT = 20;
