@@ -35,7 +35,8 @@ async fn a_reserved_order_is_stored_published_and_returned() {
         events[0],
         Event::Requested {
             subject: "shop.inventory.reserve".into(),
-            body: br#"{"items":[{"qty":2,"sku":"apple"}]}"#.to_vec()
+            // The reservation is held under the order's id until inventory finds the order.
+            body: br#"{"items":[{"qty":2,"sku":"apple"}],"reservation":"o-000001"}"#.to_vec()
         }
     );
     let Event::Published { subject, body } = &events[1] else {
