@@ -539,3 +539,38 @@ async fn three_hosts_fire_every_tick_of_a_schedule_exactly_once() {
         host.shutdown().await;
     }
 }
+
+/// A schedule on a component that cannot take its ticks is refused at deploy, saying so;
+/// a bad schedule is refused naming its key.
+#[tokio::test]
+async fn schedules_the_component_cannot_take_are_refused() {
+    let cache = tempfile::tempdir().unwrap();
+    let host = start_host(cache.path()).await;
+    let spec = ComponentSpec {
+        schedules: vec![ScheduleSpec::every("tick", "1m")],
+        ..ComponentSpec::default()
+    };
+    let error = host
+        .deployments()
+        .deploy("clock", spec, wasm("hello").into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("schedules' ticks"), "{error}");
+    let bad = ComponentSpec {
+        schedules: vec![ScheduleSpec {
+            cron: Some("61 * * * *".into()),
+            every: None,
+            ..ScheduleSpec::every("tick", "1m")
+        }],
+        ..ComponentSpec::default()
+    };
+    let error = bad.validate().unwrap_err();
+    assert_eq!(error.key, "schedules[0].cron");
+    assert!(
+        error.message.contains("not a valid cron expression"),
+        "{}",
+        error.message
+    );
+    host.shutdown().await;
+}

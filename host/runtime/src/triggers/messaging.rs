@@ -51,6 +51,22 @@ impl Pre for GuestMessageHandlerPre<StoreData> {
     }
 }
 
+/// For the triggers whose events the message handler takes (schedules, WebSockets): a
+/// component that `needs` it but lacks it is of the wrong world; `why` says what for.
+/// Links nothing itself: the message trigger links the handler.
+pub fn require_handler(
+    pre: &InstancePre<StoreData>,
+    needs: bool,
+    why: &str,
+) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
+    if needs && GuestMessageHandlerPre::new(pre.clone()).is_err() {
+        return Err(DeployError::WrongWorld(format!(
+            "the component does not export `wasmcloud:messaging/handler@0.2.0`, {why}"
+        )));
+    }
+    Ok(None)
+}
+
 /// Idle message instances (kept or spare) of `deployment` right now.
 pub fn idle_instances(deployment: &Deployment) -> usize {
     deployment

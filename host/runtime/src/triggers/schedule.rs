@@ -30,7 +30,6 @@ use crate::kv::KvStore;
 use crate::spec::schedule::{ScheduleSpec, Timing};
 use crate::spec::{HOST_BUCKET, ValidSpec};
 use crate::store_data::StoreData;
-use crate::triggers::messaging::GuestMessageHandlerPre;
 
 /// A tick's header: the schedule's name.
 pub const SCHEDULE: &str = "Weft-Schedule";
@@ -85,12 +84,11 @@ impl Trigger for ScheduleTrigger {
         spec: &ValidSpec,
         _budget: &Arc<IdleBudget>,
     ) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
-        if !spec.schedules.is_empty() && GuestMessageHandlerPre::new(pre.clone()).is_err() {
-            return Err(DeployError::WrongWorld(
-                "the component does not export `wasmcloud:messaging/handler@0.2.0`, so it cannot handle its schedules' ticks".into(),
-            ));
-        }
-        Ok(None)
+        super::messaging::require_handler(
+            pre,
+            !spec.schedules.is_empty(),
+            "which takes its schedules' ticks",
+        )
     }
 
     fn attach<'a>(

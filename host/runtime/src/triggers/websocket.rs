@@ -659,13 +659,11 @@ impl Trigger for WebSocketTrigger {
         spec: &ValidSpec,
         _budget: &Arc<IdleBudget>,
     ) -> Result<Option<Box<dyn LinkedExport>>, DeployError> {
-        let websocket = spec.routes.iter().any(|r| r.websocket);
-        if websocket && super::messaging::GuestMessageHandlerPre::new(pre.clone()).is_err() {
-            return Err(DeployError::WrongWorld(
-                "the component has a WebSocket route but does not export `wasmcloud:messaging/handler@0.2.0`, which takes its connections' events".into(),
-            ));
-        }
-        Ok(None)
+        super::messaging::require_handler(
+            pre,
+            spec.routes.iter().any(|r| r.websocket),
+            "which takes the events of its WebSocket routes' connections",
+        )
     }
 
     fn attach<'a>(
