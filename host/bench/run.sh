@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 step() { echo "== bench setup: $*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Every section but messaging, grpc and websocket compares against `wasmtime serve` and
+# Every section but messaging, durable, grpc and websocket compares against `wasmtime serve` and
 # runs the large guests; those three need neither, nor the long wasmtime build.
 only=""
 prev=""
@@ -17,7 +17,7 @@ for arg in "$@"; do
   prev="$arg"
 done
 full=1
-if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qvE '^(messaging(-nats|-embedded)?|grpc|websocket)$'; then
+if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qvE '^(messaging(-nats|-embedded)?|durable|grpc|websocket)$'; then
   full=0
 fi
 

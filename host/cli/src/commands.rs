@@ -84,6 +84,9 @@ pub async fn deploy(client: &AdminClient, admin_url: &str, request: DeployReques
     for subject in &info.subscriptions {
         println!("  {:8} {subject}", "message");
     }
+    for schedule in &info.schedules {
+        println!("  {:8} {schedule}", "schedule");
+    }
     Ok(())
 }
 
@@ -105,12 +108,16 @@ pub async fn list(client: &AdminClient) -> Result<()> {
             0 => String::new(),
             n => format!("dropped_messages={n} "),
         };
+        let schedules = match d.schedules.len() {
+            0 => String::new(),
+            n => format!("schedules={n} "),
+        };
         let handler = match &d.http_handler {
             Some(handler) => format!("handler={handler} "),
             None => String::new(),
         };
         println!(
-            "{:20} {:20} requests={} errors={} {dropped}{code}{handler}routes={}",
+            "{:20} {:20} requests={} errors={} {dropped}{code}{handler}{schedules}routes={}",
             d.name,
             d.version.chars().take(19).collect::<String>(),
             d.requests,

@@ -27,12 +27,14 @@ fn up_serves_a_manifest_and_the_cli_manages_it() {
     );
     std::fs::write(&hello, wasm("hello")).unwrap();
     std::fs::write(&faults, wasm("faults")).unwrap();
+    std::fs::write(dir.path().join("responder.wasm"), wasm("responder")).unwrap();
     let manifest = dir.path().join("weft.toml");
     std::fs::write(
         &manifest,
         "name = \"demo\"\n\
          [components.hello]\nsource = \"hello.wasm\"\nroutes = [{ path = \"/hello/...\" }]\n\
-         [components.faults]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/f/...\", methods = [\"GET\"] }]\n",
+         [components.faults]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/f/...\", methods = [\"GET\"] }]\n\
+         [components.clock]\nsource = \"responder.wasm\"\nschedules = [{ name = \"nightly\", cron = \"0 3 * * *\", time_zone = \"Europe/Paris\" }]\n",
     )
     .unwrap();
 
@@ -63,6 +65,8 @@ fn up_serves_a_manifest_and_the_cli_manages_it() {
         listed.contains("hello") && listed.contains("faults"),
         "{listed}"
     );
+    let clock = listed.lines().find(|l| l.starts_with("clock")).unwrap();
+    assert!(clock.contains("schedules=1"), "{listed}");
 
     let deployed = weft(&[
         "deploy",

@@ -41,6 +41,9 @@ pub struct DeploymentInfo {
     /// Subscribed subjects.
     #[serde(default)]
     pub subscriptions: Vec<String>,
+    /// Its schedules: `NAME every 30s`, `NAME cron 0 3 * * * Europe/Paris`.
+    #[serde(default)]
+    pub schedules: Vec<String>,
     /// Seconds since the Unix epoch.
     pub deployed_at: u64,
     /// Compiled now or loaded from the cache, with milliseconds.

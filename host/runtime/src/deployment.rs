@@ -92,6 +92,7 @@ impl Deployment {
                 .iter()
                 .map(|s| s.subject.clone())
                 .collect(),
+            schedules: self.spec.schedules.iter().map(|s| s.describe()).collect(),
             deployed_at: self.deployed_at,
             compiled: self.compiled,
             tier: Some(self.tier),

@@ -69,6 +69,18 @@ impl ScheduleSpec {
         }
     }
 
+    /// `NAME every 30s` or `NAME cron EXPRESSION [TIME ZONE]`, for listings.
+    pub fn describe(&self) -> String {
+        match (&self.every, &self.cron) {
+            (Some(every), _) => format!("{} every {every}", self.name),
+            (None, Some(cron)) => {
+                let zone = self.time_zone.as_deref().unwrap_or("UTC");
+                format!("{} cron {cron} {zone}", self.name)
+            }
+            (None, None) => self.name.clone(),
+        }
+    }
+
     /// The subject its ticks are delivered on: reserved, so no guest can publish a tick
     /// and no other component can subscribe to one.
     pub fn subject(&self, component: &str) -> String {
