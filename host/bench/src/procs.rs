@@ -236,7 +236,10 @@ pub fn http_get_ok(url: &str) -> bool {
 pub fn nats_server() -> Result<(Proc, String)> {
     let port = free_port();
     let mut command = Command::new(crate::tools::nats_server());
-    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    // JetStream on (the durable section's streams), stored under the bench's work dir.
+    let store = work_dir().join(format!("nats-{port}"));
+    command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "--store_dir"]);
+    command.arg(&store);
     let mut proc = Proc::spawn("nats-server", command)?;
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
