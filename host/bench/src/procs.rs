@@ -238,7 +238,14 @@ pub fn nats_server() -> Result<(Proc, String)> {
     let mut command = Command::new(crate::tools::nats_server());
     // JetStream on (the durable section's streams), stored under the bench's work dir.
     let store = work_dir().join(format!("nats-{port}"));
-    command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "--store_dir"]);
+    command.args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-js",
+        "--store_dir",
+    ]);
     command.arg(&store);
     let mut proc = Proc::spawn("nats-server", command)?;
     let start = Instant::now();
