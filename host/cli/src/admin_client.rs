@@ -1,8 +1,20 @@
 //! The CLI's side of the admin API: `weft deploy`, `weft list`, `weft undeploy`.
 
 use anyhow::{Result, anyhow, bail};
-use weft_runtime::api::{DeploymentInfo, ErrorBody, SPEC_HEADER, Status};
+use std::time::Duration;
+
+use weft_runtime::api::{DeploymentInfo, ErrorBody, LatticeView, Rollout, SPEC_HEADER, Status};
+use weft_runtime::lattice::ROLLOUT_WAIT;
 use weft_runtime::spec::ComponentSpec;
+
+/// What a deploy or undeploy answered.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A host alone: the deployment, and whether anything changed.
+    Host(DeploymentInfo, bool),
+    /// A host in a lattice: every host's answer.
+    Lattice(Rollout),
+}
 
 /// A connection to one host's admin API.
 #[derive(Debug, Clone)]
@@ -22,21 +34,67 @@ impl AdminClient {
         }
     }
 
-    /// Deploys `wasm` as `name`; returns what is live and whether anything changed.
+    /// Deploys `wasm` as `name` to a host alone; returns what is live and whether
+    /// anything changed.
     pub async fn deploy(
         &self,
         name: &str,
         spec: &ComponentSpec,
         wasm: Vec<u8>,
     ) -> Result<(DeploymentInfo, bool)> {
+        match self.deploy_and_wait(name, spec, wasm, ROLLOUT_WAIT).await? {
+            Answer::Host(info, changed) => Ok((info, changed)),
+            Answer::Lattice(r) => bail!(
+                "the host is in lattice `{}`: {} went to the lattice (see `weft list`)",
+                r.lattice,
+                r.name
+            ),
+        }
+    }
+
+    /// Deploys `wasm` as `name`: on a host alone, what is live and whether anything
+    /// changed; on a host in a lattice, every host's answer (waiting up to `wait`).
+    pub async fn deploy_and_wait(
+        &self,
+        name: &str,
+        spec: &ComponentSpec,
+        wasm: Vec<u8>,
+        wait: Duration,
+    ) -> Result<Answer> {
+        let path = format!("/v1/components/{name}?wait={}", wait.as_secs());
         let request = self
-            .request(reqwest::Method::PUT, &format!("/v1/components/{name}"))
+            .request(reqwest::Method::PUT, &path)
             .header(SPEC_HEADER, serde_json::to_string(spec)?)
             .header("content-type", "application/wasm")
             .body(wasm);
-        let response = self.send(request).await?;
-        let changed = response.status() == reqwest::StatusCode::CREATED;
-        Ok((response.json().await?, changed))
+        self.answer(request).await
+    }
+
+    /// What a deploy or undeploy answered: a rollout (also when a host refused it, as
+    /// `422` with every host's answer), or the one host's deployment.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Answer> {
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if let Ok(rollout) = serde_json::from_slice::<Rollout>(&body) {
+            return Ok(Answer::Lattice(rollout));
+        }
+        if status.is_success() {
+            let info = serde_json::from_slice(&body)?;
+            return Ok(Answer::Host(info, status == reqwest::StatusCode::CREATED));
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&body)
+            .map_or_else(|_| "no details".to_string(), |b| b.error);
+        bail!("the host refused ({status}): {message}")
+    }
+
+    /// The lattice the host is in: what it wants and where each host stands.
+    pub async fn lattice(&self) -> Result<LatticeView> {
+        Ok(self
+            .send(self.request(reqwest::Method::GET, "/v1/lattice"))
+            .await?
+            .json()
+            .await?)
     }
 
     /// The host's state: how it is connected.
@@ -57,10 +115,34 @@ impl AdminClient {
             .await?)
     }
 
-    /// Removes `name`.
+    /// Removes `name` from a host alone.
     pub async fn undeploy(&self, name: &str) -> Result<DeploymentInfo> {
-        let request = self.request(reqwest::Method::DELETE, &format!("/v1/components/{name}"));
-        Ok(self.send(request).await?.json().await?)
+        match self.undeploy_and_wait(name, ROLLOUT_WAIT).await? {
+            Answer::Host(info, _) => Ok(info),
+            Answer::Lattice(r) => bail!(
+                "the host is in lattice `{}`: {} was removed from the lattice",
+                r.lattice,
+                r.name
+            ),
+        }
+    }
+
+    /// Removes `name` (in a lattice: from every host, waiting up to `wait`).
+    pub async fn undeploy_and_wait(&self, name: &str, wait: Duration) -> Result<Answer> {
+        let path = format!("/v1/components/{name}?wait={}", wait.as_secs());
+        self.answer(self.request(reqwest::Method::DELETE, &path))
+            .await
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        if e.is_connect() {
+            anyhow!(
+                "no weft host answers at {}: start one with `weft up`, or pass --admin with the right address",
+                self.base
+            )
+        } else {
+            anyhow!("talking to the host at {}: {e}", self.base)
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -72,16 +154,7 @@ impl AdminClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow!(
-                    "no weft host answers at {}: start one with `weft up`, or pass --admin with the right address",
-                    self.base
-                )
-            } else {
-                anyhow!("talking to the host at {}: {e}", self.base)
-            }
-        })?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         if response.status().is_success() {
             return Ok(response);
         }

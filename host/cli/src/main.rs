@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use weft::admin_client::AdminClient;
 use weft::commands;
-use weft_runtime::HostConfig;
 use weft_runtime::bus::nats::NatsConfig;
+use weft_runtime::{HostConfig, LatticeMembership};
 
 /// mimalloc, not the system allocator. A fresh instance per call allocates and frees
 /// hundreds of small objects (store, instance state, WASI context), and glibc's malloc
@@ -32,9 +32,9 @@ struct Cli {
 enum Command {
     /// Build (where needed) and serve every component of a manifest until Ctrl-C.
     Up {
-        /// The application manifest.
-        #[arg(default_value = "weft.toml")]
-        manifest: PathBuf,
+        /// The application manifest (default `weft.toml`). With --nats it may be left
+        /// out when there is no `weft.toml`: the host then serves what the lattice runs.
+        manifest: Option<PathBuf>,
         /// Address for HTTP routes.
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: std::net::SocketAddr,
@@ -86,6 +86,22 @@ enum Command {
         /// PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert", value_name = "PEM")]
         tls_key: Option<PathBuf>,
+        /// With NATS: the lattice to join (hosts of one lattice run one desired state).
+        #[arg(long, env = "WEFT_LATTICE", default_value = weft_runtime::lattice::DEFAULT_LATTICE)]
+        lattice: String,
+        /// With NATS: run this host alone (its own deploys only), not in a lattice.
+        #[arg(long, conflicts_with = "host_id")]
+        no_lattice: bool,
+        /// This host's id in the lattice (default: the machine's name and a random part).
+        #[arg(long, env = "WEFT_HOST_ID")]
+        host_id: Option<String>,
+        /// A label `KEY=VALUE` of this host (repeatable), matched against components'
+        /// `placement`.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Largest component the host accepts, in bytes (admin uploads and lattice deploys).
+        #[arg(long, value_name = "BYTES", default_value_t = weft_runtime::admin::AdminLimits::default().max_upload_bytes)]
+        max_component_bytes: usize,
     },
     /// Deploy a component to a running host (the running version serves until it is live).
     Deploy {
@@ -102,19 +118,83 @@ enum Command {
         routes: Vec<String>,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        lattice: LatticeArgs,
     },
-    /// List the components deployed on a running host.
+    /// List the components deployed on a running host (in a lattice: on every host).
     List {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Remove a component from a running host.
+    /// Remove a component from a running host (in a lattice: from every host).
     Undeploy {
         /// The component's name.
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        lattice: LatticeArgs,
     },
+    /// List the hosts of a lattice: id, addresses, labels, version, uptime, components, load.
+    Hosts {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        lattice: LatticeArgs,
+    },
+}
+
+/// Talking to a lattice through NATS directly, with no host at hand.
+#[derive(Debug, clap::Args)]
+struct LatticeArgs {
+    /// Change the lattice over NATS directly (no host's admin API needed), e.g.
+    /// nats://127.0.0.1:4222.
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Option<String>,
+    /// NATS credentials file (.creds), with --nats.
+    #[arg(long, env = "WEFT_NATS_CREDS", requires = "nats")]
+    nats_creds: Option<PathBuf>,
+    /// NATS token, with --nats.
+    #[arg(
+        long,
+        env = "WEFT_NATS_TOKEN",
+        hide_env_values = true,
+        requires = "nats"
+    )]
+    nats_token: Option<String>,
+    /// The lattice, with --nats.
+    #[arg(long, env = "WEFT_LATTICE", default_value = weft_runtime::lattice::DEFAULT_LATTICE)]
+    lattice: String,
+    /// Seconds to wait for every host's answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = weft_runtime::lattice::ROLLOUT_WAIT.as_secs())]
+    wait: u64,
+}
+
+impl LatticeArgs {
+    fn target(&self) -> Option<commands::LatticeTarget> {
+        self.nats.as_ref().map(|url| commands::LatticeTarget {
+            nats: NatsConfig {
+                url: url.clone(),
+                creds: self.nats_creds.clone(),
+                token: self.nats_token.clone(),
+            },
+            lattice: self.lattice.clone(),
+        })
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}`: a label is KEY=VALUE"))?;
+    for part in [key, value] {
+        if !weft_runtime::spec::valid_label(part) {
+            return Err(format!(
+                "`{text}`: labels and values use a-z, A-Z, 0-9, `-`, `_` and `.`"
+            ));
+        }
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,6 +290,11 @@ async fn run(cli: Cli) -> Result<()> {
             shutdown_grace,
             tls_cert,
             tls_key,
+            lattice,
+            no_lattice,
+            host_id,
+            labels,
+            max_component_bytes,
         } => {
             let nats = nats.map(|url| NatsConfig {
                 url,
@@ -228,15 +313,29 @@ async fn run(cli: Cli) -> Result<()> {
                 tls: tls_cert
                     .zip(tls_key)
                     .map(|(cert, key)| weft_runtime::tls::TlsFiles { cert, key }),
+                lattice: (!no_lattice).then(|| LatticeMembership {
+                    name: lattice,
+                    host_id: host_id.unwrap_or_else(|| LatticeMembership::default().host_id),
+                    labels: labels.into_iter().collect(),
+                }),
                 ..HostConfig::default()
             };
+            config.admin_limits.max_upload_bytes = max_component_bytes;
             if cache_dir.is_some() {
                 config.cache_dir = cache_dir;
             }
             if let Some(data_dir) = data_dir {
                 config.data_dir = data_dir;
             }
-            let host = weft::up::start(&manifest, config, !no_build).await?;
+            // No manifest named and no weft.toml: a lattice host, serving what it runs.
+            let manifest = match manifest {
+                Some(path) => Some(path),
+                None if config.nats.is_some() && !std::path::Path::new("weft.toml").exists() => {
+                    None
+                }
+                None => Some(PathBuf::from("weft.toml")),
+            };
+            let host = weft::up::start(manifest.as_deref(), config, !no_build).await?;
             weft::up::wait_for_signal().await;
             eprintln!("shutting down: finishing the requests and messages in flight...");
             host.shutdown().await;
@@ -248,6 +347,7 @@ async fn run(cli: Cli) -> Result<()> {
             manifest,
             routes,
             admin,
+            lattice,
         } => {
             let request = commands::DeployRequest {
                 name,
@@ -255,9 +355,27 @@ async fn run(cli: Cli) -> Result<()> {
                 manifest,
                 routes,
             };
-            commands::deploy(&admin.client(), &admin.url, request).await
+            let wait = std::time::Duration::from_secs(lattice.wait);
+            match lattice.target() {
+                Some(target) => commands::deploy_to_lattice(&target, request, wait).await,
+                None => commands::deploy(&admin.client(), &admin.url, request, wait).await,
+            }
         }
         Command::List { admin } => commands::list(&admin.client()).await,
-        Command::Undeploy { name, admin } => commands::undeploy(&admin.client(), &name).await,
+        Command::Undeploy {
+            name,
+            admin,
+            lattice,
+        } => {
+            let wait = std::time::Duration::from_secs(lattice.wait);
+            match lattice.target() {
+                Some(target) => commands::undeploy_from_lattice(&target, &name, wait).await,
+                None => commands::undeploy(&admin.client(), &name, wait).await,
+            }
+        }
+        Command::Hosts { admin, lattice } => match lattice.target() {
+            Some(target) => commands::hosts_of_lattice(&target).await,
+            None => commands::hosts(&admin.client()).await,
+        },
     }
 }

@@ -5,19 +5,32 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use weft_runtime::api::DeploymentInfo;
+use std::time::Duration;
+
+use weft_runtime::api::{DeploymentInfo, RolloutState};
 use weft_runtime::bus::nats::NatsConfig;
-use weft_runtime::spec::manifest::Manifest;
+use weft_runtime::lattice::member::Member;
+use weft_runtime::spec::manifest::{ComponentEntry, Manifest};
 use weft_runtime::{Host, HostConfig};
 
-/// Starts a host serving every component of the manifest at `path`.
-pub async fn start(path: &Path, mut config: HostConfig, build: bool) -> Result<Host> {
-    let manifest = Manifest::load(path)?;
+/// Starts a host serving every component of the manifest at `path`; with no manifest
+/// (only in a lattice), a host that serves what the lattice runs.
+pub async fn start(path: Option<&Path>, mut config: HostConfig, build: bool) -> Result<Host> {
+    let manifest = match path {
+        Some(path) => Manifest::load(path)?,
+        None => Manifest {
+            name: "lattice host".into(),
+            ..Manifest::default()
+        },
+    };
     if config.nats.is_none() {
         config.nats = manifest.nats_url.clone().map(|url| NatsConfig {
             url,
             ..NatsConfig::default()
         });
+    }
+    if config.nats.is_none() {
+        config.lattice = None;
     }
     if config.tls.is_none() {
         config.tls = manifest.tls.clone();
@@ -29,21 +42,20 @@ pub async fn start(path: &Path, mut config: HostConfig, build: bool) -> Result<H
     }
     let config_tls = config.tls.is_some();
     let host = Host::start(config).await?;
-    for entry in &manifest.components {
-        let wasm = std::fs::read(&entry.source).with_context(|| {
-            format!(
-                "component `{}`: cannot read {}",
-                entry.name,
-                entry.source.display()
-            )
-        })?;
-        eprintln!("deploying {} ({} KiB)...", entry.name, wasm.len() / 1024);
-        host.deployments()
-            .deploy(&entry.name, entry.spec.clone(), wasm.into())
-            .await
-            .with_context(|| {
-                format!("component `{}` from {}", entry.name, entry.source.display())
-            })?;
+    match host.member() {
+        Some(member) => join(&host, member, &manifest).await?,
+        None => {
+            for entry in &manifest.components {
+                let wasm = read_source(entry)?;
+                eprintln!("deploying {} ({} KiB)...", entry.name, wasm.len() / 1024);
+                host.deployments()
+                    .deploy(&entry.name, entry.spec.clone(), wasm.into())
+                    .await
+                    .with_context(|| {
+                        format!("component `{}` from {}", entry.name, entry.source.display())
+                    })?;
+            }
+        }
     }
     let scheme = if config_tls { "https" } else { "http" };
     eprintln!(
@@ -60,6 +72,84 @@ pub async fn start(path: &Path, mut config: HostConfig, build: bool) -> Result<H
         )
     );
     Ok(host)
+}
+
+fn read_source(entry: &ComponentEntry) -> Result<Vec<u8>> {
+    std::fs::read(&entry.source).with_context(|| {
+        format!(
+            "component `{}`: cannot read {}",
+            entry.name,
+            entry.source.display()
+        )
+    })
+}
+
+/// How long `weft up` waits for a lattice host to converge before it says so.
+const CONVERGE_WAIT: Duration = Duration::from_secs(300);
+
+/// In a lattice: seeds the manifest's components the lattice does not have yet (the
+/// lattice wins where it has one), then waits until this host runs what the lattice
+/// wants. A manifest component refused here fails the start, as it would alone.
+async fn join(host: &Host, member: &Member, manifest: &Manifest) -> Result<()> {
+    let lattice = member.lattice();
+    for entry in &manifest.components {
+        let wasm = read_source(entry)?;
+        let ours = weft_runtime::compile::digest(&wasm);
+        let (_, running) = lattice
+            .seed(&entry.name, entry.spec.clone(), &wasm)
+            .await
+            .with_context(|| format!("seeding `{}` into the lattice", entry.name))?;
+        if running != ours {
+            eprintln!(
+                "note: lattice `{}` already runs {} at {}; this manifest's build {} is not deployed (the lattice wins). Roll it out with `weft deploy {} --manifest ...`.",
+                lattice.name(),
+                entry.name,
+                short(&running),
+                short(&ours),
+                entry.name
+            );
+        }
+    }
+    let wanted: Vec<(String, u64)> = lattice
+        .desired()
+        .await?
+        .into_iter()
+        .map(|(revision, d)| (d.name, revision))
+        .collect();
+    eprintln!(
+        "lattice `{}`: host `{}` converging on {} components...",
+        lattice.name(),
+        member.host_id(),
+        wanted.len()
+    );
+    let answers = member.answers(&wanted, CONVERGE_WAIT).await;
+    for (name, _) in &wanted {
+        let from_manifest = manifest.components.iter().any(|c| &c.name == name);
+        match answers.get(name) {
+            Some(a) if a.state == RolloutState::Failed => {
+                let error = a.error.as_deref().unwrap_or("no details");
+                if from_manifest {
+                    anyhow::bail!("component `{name}` ({}): {error}", short(&a.version));
+                }
+                eprintln!("warning: lattice component `{name}` refused on this host: {error}");
+            }
+            Some(a) if a.state == RolloutState::NotPlaced => {
+                eprintln!("{name}: not placed on this host (its placement asks for other labels)")
+            }
+            Some(_) => {}
+            None => eprintln!(
+                "warning: `{name}` is not live on this host after {}s; it goes on converging",
+                CONVERGE_WAIT.as_secs()
+            ),
+        }
+    }
+    let _ = host;
+    Ok(())
+}
+
+/// `sha256:0123456789ab`: enough of a digest to tell versions apart.
+pub fn short(version: &str) -> String {
+    version.chars().take(19).collect()
 }
 
 /// A table of every route: method, URL (under `base`, `http://HOST:PORT`), component

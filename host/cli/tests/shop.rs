@@ -40,7 +40,9 @@ async fn env(nats: bool) -> Option<Env> {
         ..host_config(dir.path())
     };
     build_once();
-    let host = weft::up::start(&manifest(), config, false).await.unwrap();
+    let host = weft::up::start(Some(&manifest()), config, false)
+        .await
+        .unwrap();
     Some(Env {
         host,
         nats: server,

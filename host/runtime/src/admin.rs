@@ -14,7 +14,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,8 +22,9 @@ use axum::{Json, Router};
 use bytes::Bytes;
 
 pub use crate::api::SPEC_HEADER;
-use crate::api::{DeploymentInfo, ErrorBody, Health, Status};
+use crate::api::{DeploymentInfo, ErrorBody, Health, LatticeView, Rollout, Status};
 use crate::deploy::{DeployError, LiveSet};
+use crate::lattice::{Lattice, ROLLOUT_WAIT};
 use crate::spec::ComponentSpec;
 
 /// What the admin API takes in at once: each deploy's upload is held in memory whole
@@ -103,6 +104,8 @@ fn same_secret(a: &str, b: &str) -> bool {
 #[derive(Clone)]
 struct AdminState {
     deployments: Arc<LiveSet>,
+    /// The lattice the host is in: deploys and undeploys change its desired state.
+    lattice: Option<Lattice>,
     access: Arc<AdminAccess>,
     limits: AdminLimits,
     /// One permit per deploy being received or compiled.
@@ -110,9 +113,15 @@ struct AdminState {
 }
 
 /// The admin API's routes.
-pub fn app(deployments: Arc<LiveSet>, access: AdminAccess, limits: AdminLimits) -> Router {
+pub fn app(
+    deployments: Arc<LiveSet>,
+    lattice: Option<Lattice>,
+    access: AdminAccess,
+    limits: AdminLimits,
+) -> Router {
     let state = AdminState {
         deployments,
+        lattice,
         access: Arc::new(access),
         limits,
         deploys: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_deploys)),
@@ -128,6 +137,7 @@ pub fn app(deployments: Arc<LiveSet>, access: AdminAccess, limits: AdminLimits) 
         )
         .route("/v1/status", get(status))
         .route("/v1/components", get(list))
+        .route("/v1/lattice", get(lattice_view))
         .route(
             "/v1/components/{name}",
             get(show).put(deploy).delete(undeploy),
@@ -178,6 +188,12 @@ pub enum AdminError {
     /// The deploy or undeploy was refused.
     #[error(transparent)]
     Deploy(#[from] DeployError),
+    /// The host is not in a lattice.
+    #[error("this host is not in a lattice: start hosts with `--nats URL` to run them as one")]
+    NoLattice,
+    /// The lattice's buckets could not be read or written.
+    #[error("lattice: {0}")]
+    Lattice(String),
 }
 
 impl IntoResponse for AdminError {
@@ -192,6 +208,8 @@ impl IntoResponse for AdminError {
             AdminError::Deploy(DeployError::RouteConflict(_)) => StatusCode::CONFLICT,
             AdminError::Deploy(DeployError::Storage(_)) => StatusCode::INSUFFICIENT_STORAGE,
             AdminError::Deploy(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AdminError::NoLattice => StatusCode::NOT_FOUND,
+            AdminError::Lattice(_) => StatusCode::BAD_GATEWAY,
         };
         let body = ErrorBody {
             error: self.to_string(),
@@ -243,6 +261,7 @@ async fn authorize(
 async fn status(State(state): State<AdminState>) -> Json<Status> {
     Json(Status {
         messaging: state.deployments.backends().bus.describe(),
+        lattice: state.lattice.as_ref().map(|l| l.name().to_string()),
     })
 }
 
@@ -262,9 +281,39 @@ async fn show(
     Ok(Json(deployment.info()))
 }
 
+/// `?wait=SECONDS`: how long a deploy to a lattice waits for every host's answer.
+#[derive(Debug, serde::Deserialize)]
+struct Wait {
+    #[serde(rename = "wait")]
+    seconds: Option<u64>,
+}
+
+/// A rollout's answer: `201` when every host took it, `200` when nothing changed,
+/// `422` when a host refused it or did not answer (the body says which and why).
+fn rollout_response(rollout: Rollout) -> Response {
+    let status = if rollout.failures().next().is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if rollout.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(rollout)).into_response()
+}
+
+async fn lattice_view(State(state): State<AdminState>) -> Result<Json<LatticeView>, AdminError> {
+    let lattice = state.lattice.as_ref().ok_or(AdminError::NoLattice)?;
+    let view = lattice
+        .view()
+        .await
+        .map_err(|e| AdminError::Lattice(format!("{e:#}")))?;
+    Ok(Json(view))
+}
+
 async fn deploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
+    Query(wait): Query<Wait>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, AdminError> {
@@ -292,6 +341,17 @@ async fn deploy(
         }
     };
     let spec = spec.validate().map_err(DeployError::from)?;
+    if let Some(lattice) = &state.lattice {
+        crate::spec::validate_name(&name).map_err(DeployError::from)?;
+        let wait = wait
+            .seconds
+            .map_or(ROLLOUT_WAIT, std::time::Duration::from_secs);
+        let rollout = lattice
+            .deploy(&name, spec, &wasm, wait)
+            .await
+            .map_err(|e| AdminError::Lattice(format!("{e:#}")))?;
+        return Ok(rollout_response(rollout));
+    }
     let deployed = state.deployments.deploy(&name, spec, wasm).await?;
     let status = if deployed.changed {
         StatusCode::CREATED
@@ -304,8 +364,27 @@ async fn deploy(
 async fn undeploy(
     State(state): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<DeploymentInfo>, AdminError> {
-    Ok(Json(state.deployments.undeploy(&name).await?))
+    Query(wait): Query<Wait>,
+) -> Result<Response, AdminError> {
+    if let Some(lattice) = &state.lattice {
+        let wait = wait
+            .seconds
+            .map_or(ROLLOUT_WAIT, std::time::Duration::from_secs);
+        if lattice
+            .desired_of(&name)
+            .await
+            .map_err(|e| AdminError::Lattice(format!("{e:#}")))?
+            .is_none()
+        {
+            return Err(DeployError::NotFound(name).into());
+        }
+        let rollout = lattice
+            .undeploy(&name, wait)
+            .await
+            .map_err(|e| AdminError::Lattice(format!("{e:#}")))?;
+        return Ok(rollout_response(rollout));
+    }
+    Ok(Json(state.deployments.undeploy(&name).await?).into_response())
 }
 
 #[cfg(test)]

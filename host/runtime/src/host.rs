@@ -25,6 +25,8 @@ use crate::events::nats::NatsEvents;
 use crate::kv::KvStore;
 use crate::kv::embedded::EmbeddedKv;
 use crate::kv::nats::NatsKv;
+use crate::lattice::Lattice;
+use crate::lattice::member::{Member, MemberConfig};
 use crate::listener::{self, ConnectionLimits, Serving};
 use crate::tls::TlsFiles;
 
@@ -66,6 +68,30 @@ pub struct HostConfig {
     pub admin_connections: ConnectionLimits,
     /// Bounds of the admin API's deploys (upload size, deploys at once).
     pub admin_limits: AdminLimits,
+    /// With NATS: the lattice to join (README, "Running many hosts"); `None`: the host
+    /// is operated alone, whatever runs on the same NATS.
+    pub lattice: Option<LatticeMembership>,
+}
+
+/// Which lattice a host joins, and as whom.
+#[derive(Debug, Clone)]
+pub struct LatticeMembership {
+    /// The lattice's name (default `default`).
+    pub name: String,
+    /// The host's id in it (default: the machine's name and a random part).
+    pub host_id: String,
+    /// Labels matched against components' `placement`.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for LatticeMembership {
+    fn default() -> Self {
+        LatticeMembership {
+            name: crate::lattice::DEFAULT_LATTICE.into(),
+            host_id: crate::lattice::member::default_host_id(),
+            labels: Default::default(),
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -87,6 +113,7 @@ impl Default for HostConfig {
             tls: None,
             admin_connections: ConnectionLimits::ADMIN,
             admin_limits: AdminLimits::default(),
+            lattice: None,
         }
     }
 }
@@ -95,6 +122,7 @@ impl Default for HostConfig {
 #[derive(Debug)]
 pub struct Host {
     deployments: Arc<LiveSet>,
+    member: Option<Arc<Member>>,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -167,6 +195,28 @@ impl Host {
             },
             triggers,
         }));
+        let member = match (&config.nats, config.lattice) {
+            (Some(nats), Some(membership)) => {
+                let client = crate::bus::nats::connect_client(nats, "lattice", 65_536).await?;
+                let lattice = Lattice::open(client, &membership.name).await?;
+                Some(Member::start(
+                    lattice,
+                    deployments.clone(),
+                    MemberConfig {
+                        lattice: membership.name,
+                        host_id: membership.host_id,
+                        labels: membership.labels,
+                        max_component_bytes: config.admin_limits.max_upload_bytes,
+                    },
+                    http_addr,
+                    admin_addr,
+                ))
+            }
+            (None, Some(_)) => bail!(
+                "joining a lattice needs NATS: pass --nats URL (the lattice's desired state lives in JetStream)"
+            ),
+            _ => None,
+        };
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(expire_idle_instances(
             Arc::downgrade(&deployments),
@@ -183,6 +233,7 @@ impl Host {
             admin,
             crate::admin::app(
                 deployments.clone(),
+                member.as_ref().map(|m| m.lattice().clone()),
                 AdminAccess {
                     listen: admin_addr,
                     token: config.admin_token,
@@ -197,6 +248,7 @@ impl Host {
         );
         Ok(Host {
             deployments,
+            member,
             http_addr,
             admin_addr,
             stop,
@@ -221,11 +273,20 @@ impl Host {
         &self.deployments
     }
 
+    /// The host's membership of a lattice, if it joined one.
+    pub fn member(&self) -> Option<&Arc<Member>> {
+        self.member.as_ref()
+    }
+
     /// Stops accepting connections and messages, lets the HTTP requests and the messages
     /// in flight finish together within the grace period, then makes sure what the
     /// components published has left the host (flushes the NATS connection). Says what
     /// held it up if the grace ran out; never waits on a NATS server that is gone.
     pub async fn shutdown(mut self) {
+        if let Some(member) = &self.member {
+            // First, so no deploy waits for a host on its way out.
+            let _ = tokio::time::timeout(FLUSH_AT_LEAST, member.leave()).await;
+        }
         let _ = self.stop.send(true);
         let draining = std::sync::Mutex::new(std::collections::BTreeSet::new());
         let deadline = tokio::time::Instant::now() + self.grace;

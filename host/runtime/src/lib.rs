@@ -14,6 +14,7 @@
 //!   a message in [`triggers::messaging`].
 //! - [`deploy`], [`engine`], [`compile`]: checking, compiling, linking and swapping in
 //!   versions.
+//! - [`lattice`]: many hosts as one platform over NATS (desired state, heartbeats).
 //! - [`host`] (the running host), [`listener`] (where a connection enters, bounded
 //!   against slow clients) and [`admin`] (its API).
 
@@ -33,6 +34,7 @@ pub mod failure;
 pub mod host;
 pub mod instance;
 pub mod kv;
+pub mod lattice;
 pub mod listener;
 pub mod spec;
 pub mod store_data;
@@ -42,4 +44,4 @@ pub mod triggers;
 #[cfg(test)]
 mod properties;
 
-pub use host::{Host, HostConfig};
+pub use host::{Host, HostConfig, LatticeMembership};

@@ -228,6 +228,15 @@ pub struct Running {
     pub seen: Vec<String>,
 }
 
+/// A test that fails part way never leaves a host running (it would hold the test's
+/// output pipe open, and its ports).
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Running {
     /// Waits (bounded) for a stderr line containing `needle` and returns it.
     pub fn wait_for(&mut self, needle: &str) -> String {
@@ -263,15 +272,31 @@ pub fn weft_up_with(
     manifest: &std::path::Path,
     args: &[&str],
 ) -> (Running, String, String) {
-    let mut child = Command::new(WEFT)
-        .args([
-            "up",
-            manifest.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
+    spawn_weft_up(dir, Some(manifest), args)
+}
+
+/// A host joining the lattice on `nats` with no manifest (`weft up --nats URL`, run in
+/// `dir`, where there is no weft.toml), with further `weft up` arguments.
+pub fn weft_join(dir: &std::path::Path, nats: &str, args: &[&str]) -> (Running, String, String) {
+    let mut all = vec!["--nats", nats];
+    all.extend_from_slice(args);
+    spawn_weft_up(dir, None, &all)
+}
+
+fn spawn_weft_up(
+    dir: &std::path::Path,
+    manifest: Option<&std::path::Path>,
+    args: &[&str],
+) -> (Running, String, String) {
+    let mut command = Command::new(WEFT);
+    if manifest.is_none() {
+        // Where no weft.toml is: the host joins the lattice with nothing to seed.
+        command.current_dir(dir);
+    }
+    let mut child = command
+        .arg("up")
+        .args(manifest)
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .arg("--cache-dir")
         .arg(dir.join("cache"))
         // Its own key-value store: a host running on this machine holds the default one.

@@ -92,7 +92,14 @@ pub async fn connect_client(
             .with_context(|| format!("reading NATS credentials {}", creds.display()))?;
     }
     let url = redact_url(&config.url);
-    options.connect(config.url.as_str()).await.with_context(|| {
+    // `nats://a:4222,nats://b:4222`: the servers of a cluster, tried in turn.
+    let servers: Vec<&str> = config
+        .url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    options.connect(servers).await.with_context(|| {
         format!("cannot connect to NATS at {url}: is nats-server running there? (omit --nats to use the embedded bus)")
     })
 }

@@ -11,7 +11,7 @@ use crate::spec::{ComponentSpec, ValidSpec, validate_name};
 use crate::tls::TlsFiles;
 
 /// A parsed and validated manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Manifest {
     /// The application's name.
     pub name: String,
@@ -121,6 +121,8 @@ struct RawComponent {
     buckets: Vec<String>,
     #[serde(default)]
     websocket_origins: Vec<String>,
+    #[serde(default)]
+    placement: BTreeMap<String, String>,
 }
 
 impl Manifest {
@@ -174,6 +176,7 @@ impl Manifest {
                 buckets: entry.buckets,
                 websocket_origins: entry.websocket_origins,
                 schedules: entry.schedules,
+                placement: entry.placement,
             };
             validate_name(&name).map_err(|e| {
                 let span = key_span(text, &format!("components.{name}"));

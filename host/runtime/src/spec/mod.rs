@@ -49,6 +49,10 @@ pub struct ComponentSpec {
     /// Ticks delivered to the component's message handler (README, "Schedules").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<schedule::ScheduleSpec>,
+    /// In a lattice, the labels a host needs (every one, with the same value) to run the
+    /// component (README, "Running many hosts"); none: every host runs it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub placement: BTreeMap<String, String>,
 }
 
 /// One subscription: a subject and how its messages are shared.
@@ -326,6 +330,16 @@ impl ComponentSpec {
                 "must be at least 1 (1: a fresh instance per request)",
             ));
         }
+        for (label, value) in &self.placement {
+            if !valid_label(label) || !valid_label(value) {
+                return Err(SpecError::new(
+                    format!("placement.{label}"),
+                    format!(
+                        "`{label} = {value}`: labels and their values use a-z, A-Z, 0-9, `-`, `_` and `.` (64 characters at most)"
+                    ),
+                ));
+            }
+        }
         for (i, route) in self.routes.iter().enumerate() {
             if route.websocket && route.methods.iter().any(|m| m != "GET") {
                 return Err(SpecError::new(
@@ -416,6 +430,14 @@ impl ComponentSpec {
                         key("stream"),
                         format!(
                             "`{stream}` is not a valid stream name (use a-z, A-Z, 0-9, `-` and `_`)"
+                        ),
+                    ));
+                }
+                if let Some(stream) = sub.stream.as_ref().filter(|s| reserved_stream(s)) {
+                    return Err(SpecError::new(
+                        key("stream"),
+                        format!(
+                            "`{stream}`: streams named `KV_...` and `OBJ_...` hold JetStream's key-value buckets and object stores, and `_weft...` the host's own; name another"
                         ),
                     ));
                 }
@@ -533,6 +555,20 @@ pub fn valid_bucket(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Whether a stream name is JetStream's (buckets, object stores) or the host's own.
+fn reserved_stream(name: &str) -> bool {
+    name.starts_with("KV_") || name.starts_with("OBJ_") || name.starts_with(HOST_BUCKET)
+}
+
+/// Whether a host label (or its value) is usable: `zone`, `eu-west-1`, `gpu.model`.
+pub fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Checks that a component name is usable in URLs, logs and file names.
