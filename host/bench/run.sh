@@ -8,8 +8,8 @@ cd "$(dirname "$0")/../.."
 step() { echo "== bench setup: $*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Every section but messaging, durable, grpc and websocket compares against `wasmtime serve` and
-# runs the large guests; those three need neither, nor the long wasmtime build.
+# Every section but messaging, durable, lattice, grpc and websocket compares against `wasmtime serve` and
+# runs the large guests; those need neither, nor the long wasmtime build.
 only=""
 prev=""
 for arg in "$@"; do
@@ -17,7 +17,7 @@ for arg in "$@"; do
   prev="$arg"
 done
 full=1
-if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qvE '^(messaging(-nats|-embedded)?|durable|grpc|websocket)$'; then
+if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qvE '^(messaging(-nats|-embedded)?|durable|lattice|grpc|websocket)$'; then
   full=0
 fi
 
@@ -46,13 +46,20 @@ step "Rust components (hello, hello-p3, echo-responder, calculator, chat)"
 rustup target add wasm32-wasip2 >/dev/null
 cargo build -q --release --target wasm32-wasip2 --target-dir target/components -p hello -p hello-p3 -p echo-responder -p calculator -p chat
 
-if [ "$full" = 1 ]; then
+# The lattice section deploys the JavaScript guest too (no wasmtime needed).
+js=$full
+if [ -n "$only" ] && tr ',' '\n' <<<"$only" | grep -qx lattice; then
+  js=1
+fi
+if [ "$js" = 1 ]; then
   step "JavaScript hello (componentize-js from npm)"
   if [ ! -f target/components/js/js-hello.wasm ] || [ components/js-hello/app.js -nt target/components/js/js-hello.wasm ]; then
     command -v npm >/dev/null || (as_root apt-get update -qq && as_root apt-get install -y -qq nodejs npm)
     (cd components/js-hello && npm install --no-audit --no-fund --silent && node build.mjs)
   fi
+fi
 
+if [ "$full" = 1 ]; then
   step "Python hello (componentize-py from PyPI)"
   if [ ! -f target/components/py/py-hello.wasm ] || [ components/py-hello/app.py -nt target/components/py/py-hello.wasm ]; then
     command -v componentize-py >/dev/null || python3 -m pip install -q --disable-pip-version-check componentize-py==0.25.1

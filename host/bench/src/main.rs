@@ -9,6 +9,8 @@
 //!   responder doing the same, on nats-server and on the embedded bus.
 //! - Durable messages: the echo-responder behind a durable subscription vs a native
 //!   JetStream pull consumer doing the same, on nats-server.
+//! - Many hosts: `weft deploy` to live on 1, 2 and 3 lattice hosts vs one host alone,
+//!   and HTTP throughput of 2 lattice hosts vs 1.
 //! - Deploy to first response (cold, and a restart with a warm cache), and density.
 //!
 //! Every figure is a median over interleaved rounds and a ratio against a reference
@@ -18,13 +20,14 @@
 //! Arguments (after `--`): `--quick` (short runs, 100 density components; results go
 //! to target/bench), `--only SECTION,...` with sections `http` (which includes `p3`, the
 //! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `websocket`, `messaging`
-//! (or one of its halves: `messaging-nats`, `messaging-embedded`), `durable`, `deploy`,
-//! `density`.
+//! (or one of its halves: `messaging-nats`, `messaging-embedded`), `durable`, `lattice`,
+//! `deploy`, `density`.
 
 mod deploy;
 mod durable;
 mod grpc;
 mod http;
+mod lattice;
 mod load;
 mod messaging;
 mod native;
@@ -142,6 +145,9 @@ fn run() -> Result<()> {
     }
     if settings.wants("durable") {
         durable::nats(&settings, &wasm, &mut report)?;
+    }
+    if settings.wants("lattice") {
+        lattice::deploys(&settings, &wasm, &mut report)?;
     }
     if settings.wants("deploy") {
         deploy::deploy_times(&settings, &wasm, &mut report)?;

@@ -393,9 +393,15 @@ async fn a_message_whose_host_is_killed_mid_handling_goes_to_another_host() {
             ),
         )
         .unwrap();
-        // Serving means its manifest is deployed: its consumer is pulling.
+        // Serving means its manifest is deployed: its consumer is pulling. Each host
+        // runs its own config (INSTANCE says who handled what), so each is operated
+        // alone: in a lattice, the first host's spec would win on both.
         let (up, _, _) = tokio::task::block_in_place(|| {
-            weft_up_with(dir.path(), &manifest, &["--nats", &nats.url()])
+            weft_up_with(
+                dir.path(),
+                &manifest,
+                &["--nats", &nats.url(), "--no-lattice"],
+            )
         });
         (up, dir)
     };

@@ -372,6 +372,177 @@ async fn a_host_that_refuses_a_version_is_reported_by_name_and_placement_picks_h
         .unwrap_or_default();
     assert!(small.contains("not placed"), "{out}");
     assert!(out.contains("live on 1 of 2 hosts"), "{out}");
+
+    // No grant reaches the lattice's own buckets and subjects: refused before any host
+    // sees the deploy, naming the reason.
+    for (grant, why) in [
+        ("buckets = [\"_weft_lattice_default\"]", "the host's own"),
+        (
+            "allowed_publish = [\"$KV._weft_lattice_default.>\"]",
+            "broker's own API",
+        ),
+        (
+            "allowed_publish = [\"$O._weft_wasm_default.>\"]",
+            "broker's own API",
+        ),
+        (
+            "subscriptions = [{ subject = \"$KV._weft_hosts_default.>\" }]",
+            "broker's own API",
+        ),
+        (
+            "subscriptions = [{ subject = \"orders\", durable = true, stream = \"KV__weft_lattice_default\" }]",
+            "key-value buckets",
+        ),
+    ] {
+        std::fs::write(
+            &manifest,
+            format!("name = \"grab\"\n[components.hello]\nsource = \"{hello}\"\n{grant}\n"),
+        )
+        .unwrap();
+        let (ok, out, err) = weft(&[
+            "deploy",
+            "hello",
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--nats",
+            &nats,
+        ]);
+        assert!(!ok && err.contains(why), "{grant}: {out}\n{err}");
+    }
     stop(a);
     stop(b);
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_on_a_nats_cluster_keep_serving_and_converging_when_a_server_stops() {
+    // Three servers routed to each other on loopback, JetStream clustered.
+    let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = cluster
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut servers = Vec::new();
+    for (i, port) in cluster.iter().enumerate() {
+        let (listen, name) = (format!("nats://127.0.0.1:{port}"), format!("n{i}"));
+        let args = [
+            "--cluster_name",
+            "weft-test",
+            "--server_name",
+            &name,
+            "--cluster",
+            &listen,
+            "--routes",
+            &routes,
+        ];
+        let Some(server) = NatsServer::start_with(&args) else {
+            return;
+        };
+        servers.push(server);
+    }
+    let urls = servers
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    // JetStream is usable once the cluster has elected its leader.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !weft(&["hosts", "--nats", &urls]).0 {
+        assert!(
+            Instant::now() < deadline,
+            "the NATS cluster's JetStream never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut up = Vec::new();
+    for (i, id) in ["east", "west"].iter().enumerate() {
+        let (host, http, _) = weft_join(dirs[i].path(), &urls, &["--host-id", id]);
+        up.push((host, http));
+    }
+    wait_for_hosts(&urls, 2);
+    let hello = wasm_file(dirs[0].path(), "hello");
+    let (ok, out, err) = weft(&[
+        "deploy",
+        "hello",
+        "--wasm",
+        &hello,
+        "--route",
+        "/hello/...",
+        "--nats",
+        &urls,
+    ]);
+    assert!(ok && out.contains("live on 2 of 2 hosts"), "{out}\n{err}");
+
+    // Stop one server under load: both hosts keep serving.
+    let targets: Vec<String> = up
+        .iter()
+        .map(|(_, http)| format!("http://{http}/hello/cluster"))
+        .collect();
+    let running = load(&targets);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(servers.remove(0));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counts = running.finish().await;
+    eprintln!("one NATS server of three stopped under load: {counts:?}");
+    for (ok, failed) in &counts {
+        assert_eq!(*failed, 0, "{counts:?}");
+        assert!(*ok > 20, "{counts:?}");
+    }
+
+    // ...and keep converging: a new spec, deployed through the servers left, reaches both.
+    let left = servers
+        .iter()
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let manifest = dirs[0].path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"cluster\"\n[components.hello]\nsource = \"{hello}\"\nroutes = [{{ path = \"/hello/...\" }}]\nconfig = {{ GREETING = \"Hallo\" }}\n"
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = tokio::task::block_in_place(|| {
+            weft(&[
+                "deploy",
+                "hello",
+                "--manifest",
+                manifest.to_str().unwrap(),
+                "--nats",
+                &left,
+                "--wait",
+                "20",
+            ])
+        });
+        if ok && out.contains("live on 2 of 2 hosts") {
+            break;
+        }
+        // The cluster may still be moving the buckets' leaders off the stopped server.
+        assert!(
+            Instant::now() < deadline,
+            "no rollout after a server stopped:\n{out}\n{err}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for (_, http) in &up {
+        let (status, body) = get(&format!("http://{http}/hello/x")).await;
+        assert_eq!(status, 200);
+        assert!(body.starts_with("Hallo from weft"), "{http}: {body}");
+    }
+    for (host, _) in up {
+        stop(host);
+    }
 }

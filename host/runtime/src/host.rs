@@ -198,7 +198,7 @@ impl Host {
         let member = match (&config.nats, config.lattice) {
             (Some(nats), Some(membership)) => {
                 let client = crate::bus::nats::connect_client(nats, "lattice", 65_536).await?;
-                let lattice = Lattice::open(client, &membership.name).await?;
+                let lattice = Lattice::open_patiently(client, &membership.name).await?;
                 Some(Member::start(
                     lattice,
                     deployments.clone(),

@@ -341,31 +341,63 @@ async fn worker(member: std::sync::Weak<Member>, name: String, mut rx: watch::Re
 }
 
 /// Watches the desired state and dispatches each entry; re-watches (from the current
-/// state of every key) whenever the watch ends, as after a partition from NATS.
+/// state of every key) whenever the watch ends, as after a partition from NATS, and
+/// when it has stalled: every [`WATCH_CHECK`] the host asks the server for the latest
+/// revision, and a watch still short of what the server had one check earlier is
+/// opened afresh (a watch can outlive the server it was on without an error: seen
+/// when one server of a cluster stops).
 async fn watch_desired(member: std::sync::Weak<Member>) {
     loop {
         let Some(m) = member.upgrade() else { return };
         let watch = m.lattice.watch_desired().await;
+        let lattice = m.lattice.clone();
         drop(m);
         match watch {
             Ok(mut watch) => {
-                while let Some(next) = watch.next().await {
-                    let Some(m) = member.upgrade() else { return };
-                    match next {
-                        Ok(entry) => handle_entry(&m, entry),
-                        Err(e) => {
-                            tracing::warn!("lattice: watching the desired state: {e}");
-                            break;
+                let mut seen = 0u64;
+                let mut behind: Option<u64> = None;
+                let mut check = tokio::time::interval(WATCH_CHECK);
+                check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        next = watch.next() => {
+                            let Some(m) = member.upgrade() else { return };
+                            match next {
+                                Some(Ok(entry)) => {
+                                    seen = seen.max(entry.revision);
+                                    handle_entry(&m, entry);
+                                }
+                                Some(Err(e)) => {
+                                    tracing::warn!("lattice: watching the desired state: {e}");
+                                    break;
+                                }
+                                None => {
+                                    tracing::warn!("lattice: the desired state's watch ended; watching again");
+                                    break;
+                                }
+                            }
+                        }
+                        _ = check.tick() => {
+                            if behind.is_some_and(|last| seen < last) {
+                                tracing::warn!("lattice: the desired state's watch stalled (revision {seen}, the server has {}); watching again", behind.unwrap_or_default());
+                                break;
+                            }
+                            // NATS unreachable: nothing to compare with, nothing to do.
+                            if let Ok(last) = lattice.last_revision().await {
+                                behind = (last > seen).then_some(last);
+                            }
                         }
                     }
                 }
-                tracing::warn!("lattice: the desired state's watch ended; watching again");
             }
             Err(e) => tracing::warn!("lattice: {e:#}; retrying in 1s"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// How often a host checks that its watch of the desired state keeps up.
+const WATCH_CHECK: Duration = Duration::from_secs(2);
 
 fn handle_entry(member: &Arc<Member>, entry: kv::Entry) {
     let name = decode_key(&entry.key);

@@ -40,6 +40,12 @@ pub const LOST_AFTER: Duration = Duration::from_secs(5);
 /// A host that stopped heartbeating is dropped from the hosts bucket after this.
 pub const DROPPED_AFTER: Duration = Duration::from_secs(60);
 
+/// How often a deploy waiting for the hosts' answers also reads their records afresh.
+const POLL: Duration = Duration::from_secs(1);
+
+/// How long a host starting retries opening its lattice's buckets.
+pub const OPEN_PATIENCE: Duration = Duration::from_secs(20);
+
 /// How long `weft deploy` waits, by default, for every host to report.
 pub const ROLLOUT_WAIT: Duration = Duration::from_secs(120);
 
@@ -83,6 +89,7 @@ pub fn placed(placement: &BTreeMap<String, String>, labels: &BTreeMap<String, St
 #[derive(Clone)]
 pub struct Lattice {
     name: String,
+    js: jetstream::Context,
     desired: kv::Store,
     hosts: kv::Store,
     wasm: object_store::ObjectStore,
@@ -129,7 +136,12 @@ impl Lattice {
                 };
                 match js.create_object_store(config(REPLICAS)).await {
                     Ok(store) => store,
-                    Err(_) => js.create_object_store(config(1)).await.with_context(|| {
+                    Err(e) if too_few_servers(&e) => {
+                        js.create_object_store(config(1)).await.with_context(|| {
+                            format!("creating JetStream object store `{bucket}` {}", hint())
+                        })?
+                    }
+                    Err(e) => Err(e).with_context(|| {
                         format!("creating JetStream object store `{bucket}` {}", hint())
                     })?,
                 }
@@ -137,10 +149,28 @@ impl Lattice {
         };
         Ok(Lattice {
             name: name.to_string(),
+            js,
             desired,
             hosts,
             wasm,
         })
+    }
+
+    /// [`Lattice::open`], retried for up to [`OPEN_PATIENCE`] while JetStream is not
+    /// ready (a NATS cluster still electing its leader answers "temporarily
+    /// unavailable" for a few seconds after it starts).
+    pub async fn open_patiently(client: async_nats::Client, name: &str) -> Result<Lattice> {
+        let deadline = Instant::now() + OPEN_PATIENCE;
+        loop {
+            match Lattice::open(client.clone(), name).await {
+                Ok(lattice) => return Ok(lattice),
+                Err(e) if Instant::now() < deadline => {
+                    tracing::warn!("lattice `{name}`: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The lattice's name.
@@ -318,6 +348,16 @@ impl Lattice {
         Ok(())
     }
 
+    /// The desired state's latest revision, read from the server (not from a watch).
+    pub(crate) async fn last_revision(&self) -> Result<u64> {
+        let stream = self
+            .js
+            .get_stream(format!("KV__weft_lattice_{}", self.name))
+            .await
+            .context("reading the desired state's stream")?;
+        Ok(stream.cached_info().state.last_sequence)
+    }
+
     /// Watches the desired state: every current entry first, then each change.
     pub(crate) async fn watch_desired(&self) -> Result<kv::Watch> {
         self.desired
@@ -374,29 +414,12 @@ impl Lattice {
                 waiting.insert(record.id.clone(), ());
             }
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        while !waiting.is_empty() {
-            let next = match tokio::time::timeout_at(deadline, watch.next()).await {
-                Ok(Some(Ok(entry))) => entry,
-                Ok(Some(Err(e))) => {
-                    tracing::warn!("lattice: watching the hosts: {e}");
-                    continue;
-                }
-                Ok(None) | Err(_) => break,
-            };
-            if next.operation != kv::Operation::Put {
-                continue;
-            }
-            let Ok(record) = serde_json::from_slice::<HostRecord>(&next.value) else {
-                continue;
-            };
-            if waiting.contains_key(&record.id)
-                && let Some(done) = answered(&record, name, revision)
-            {
-                waiting.remove(&record.id);
-                rollout.hosts.push(done);
-            }
-        }
+        let answers = self
+            .collect(&mut watch, &mut waiting, wait, |r| {
+                answered(r, name, revision)
+            })
+            .await;
+        rollout.hosts.extend(answers);
         for id in waiting.keys() {
             let error = format!(
                 "no answer within {}s (is the host overloaded, or partitioned from NATS?)",
@@ -446,23 +469,19 @@ impl Lattice {
             hosts: Vec::new(),
             ms: 0,
         };
-        let deadline = tokio::time::Instant::now() + wait;
-        while !waiting.is_empty() {
-            let Ok(Some(Ok(entry))) = tokio::time::timeout_at(deadline, watch.next()).await else {
-                break;
-            };
-            let Ok(record) = serde_json::from_slice::<HostRecord>(&entry.value) else {
-                continue;
-            };
-            if !record.components.contains_key(name) && waiting.remove(&record.id).is_some() {
-                rollout.hosts.push(HostRollout::of(
-                    &record.id,
-                    RolloutState::Removed,
-                    None,
-                    start.elapsed().as_millis() as u64,
-                ));
-            }
-        }
+        let answers = self
+            .collect(&mut watch, &mut waiting, wait, |r| {
+                (!r.components.contains_key(name)).then(|| {
+                    HostRollout::of(
+                        &r.id,
+                        RolloutState::Removed,
+                        None,
+                        start.elapsed().as_millis() as u64,
+                    )
+                })
+            })
+            .await;
+        rollout.hosts.extend(answers);
         for id in waiting.keys() {
             let error = format!("still runs it after {}s", wait.as_secs());
             rollout.hosts.push(HostRollout::of(
@@ -475,6 +494,57 @@ impl Lattice {
         rollout.hosts.sort_by(|a, b| a.host.cmp(&b.host));
         rollout.ms = start.elapsed().as_millis() as u64;
         Ok(rollout)
+    }
+
+    /// Collects, within `wait`, the answer `answer` finds in the records of the hosts
+    /// in `waiting` (removing them from it): from the hosts bucket's watch, and, in
+    /// case the watch stalls (as when its server stops), from a fresh read once every
+    /// [`POLL`].
+    async fn collect(
+        &self,
+        watch: &mut kv::Watch,
+        waiting: &mut BTreeMap<String, ()>,
+        wait: Duration,
+        answer: impl Fn(&HostRecord) -> Option<HostRollout>,
+    ) -> Vec<HostRollout> {
+        let mut answers = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
+        let take = |record: &HostRecord,
+                    waiting: &mut BTreeMap<String, ()>,
+                    answers: &mut Vec<HostRollout>| {
+            if waiting.contains_key(&record.id)
+                && let Some(done) = answer(record)
+            {
+                waiting.remove(&record.id);
+                answers.push(done);
+            }
+        };
+        let mut watching = true;
+        while !waiting.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                next = watch.next(), if watching => match next {
+                    Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
+                        if let Ok(record) = serde_json::from_slice::<HostRecord>(&entry.value) {
+                            take(&record, waiting, &mut answers);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!("lattice: watching the hosts: {e}"),
+                    // Polling alone from here on.
+                    None => watching = false,
+                },
+                _ = poll.tick() => {
+                    if let Ok(hosts) = self.hosts().await {
+                        for (record, _) in &hosts {
+                            take(record, waiting, &mut answers);
+                        }
+                    }
+                }
+            }
+        }
+        answers
     }
 
     /// What the lattice wants and where each host stands: `weft hosts`, `weft list`.
@@ -536,11 +606,19 @@ async fn open_kv(
     // Kept on three servers where the cluster has them, so losing one loses nothing.
     match js.create_key_value(config(REPLICAS)).await {
         Ok(store) => Ok(store),
-        Err(_) => js
+        Err(e) if too_few_servers(&e) => js
             .create_key_value(config(1))
             .await
             .with_context(|| format!("creating JetStream KV bucket `{bucket}`")),
+        Err(e) => Err(e).with_context(|| format!("creating JetStream KV bucket `{bucket}`")),
     }
+}
+
+/// Whether creating a bucket with [`REPLICAS`] copies failed only because the server
+/// is alone or its cluster is smaller (then one copy is all there can be).
+fn too_few_servers(e: &dyn std::fmt::Display) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("replicas") || text.contains("insufficient resources")
 }
 
 /// Copies of each lattice bucket a NATS cluster keeps (one on a single server).
