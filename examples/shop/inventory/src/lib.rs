@@ -18,10 +18,11 @@
 //! Reservations must be atomic across concurrent instances and hosts, and
 //! `wasi:keyvalue@0.2.0-draft` offers only `increment`. So each SKU keeps three numbers:
 //! `stock` (set by PUT), `reserved` and `released` (both only ever incremented).
-//! Available = stock - reserved + released. A reservation increments `reserved` first and
-//! keeps it only if the result still fits in stock; otherwise it gives the quantity back
-//! through `released`. Two orders racing for the last item both increment, and exactly
-//! one sees a total that fits.
+//! Available = stock - reserved + released. A reservation reads `released`, then
+//! increments `reserved`, and keeps it only if the result, less what it read as
+//! released, still fits in stock; otherwise it gives the quantity back through
+//! `released`. Two orders racing for the last item both increment, and exactly one
+//! sees a total that fits (see `reserve_one` for why the read comes first).
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -73,10 +74,17 @@ fn give_back(bucket: &Bucket, sku: &str, qty: u64) {
 }
 
 /// Reserves `qty` of `sku` or nothing.
+///
+/// `released` is read *before* `reserved` is incremented. Read after, it could include
+/// the give-back of a racing reservation that failed with a later ticket, and this one
+/// would count that unit as free while the racer's increment still holds it: two
+/// orders for the last item, and a third that failed, sold one item twice (seen in
+/// the redeploy-under-orders test: 61 sold of 60). Read before, it can only be stale,
+/// which makes a reservation fail where it might have succeeded, never oversell.
 fn reserve_one(bucket: &Bucket, sku: &str, qty: u64) -> Result<bool, String> {
+    let released = number(bucket, &format!("released:{sku}"))?;
     let reserved = atomics::increment(bucket, &format!("reserved:{sku}"), qty)
         .map_err(|e| format!("{e:?}"))?;
-    let released = number(bucket, &format!("released:{sku}"))?;
     let stock = number(bucket, &format!("stock:{sku}"))?;
     if reserved.saturating_sub(released) <= stock {
         return Ok(true);
@@ -178,7 +186,12 @@ fn release_stale() -> Result<(), String> {
         let Ok(reply) = consumer::request("shop.order.get", id.as_bytes(), 1000) else {
             continue; // orders is away: the next tick asks again
         };
-        if serde_json::from_slice::<Value>(&reply.body).unwrap_or(Value::Null) == Value::Null {
+        // Only orders' own answer `null` means "no such order": an error reply (orders
+        // overloaded, failing) is not JSON, and the hold waits for the next tick.
+        let Ok(answer) = serde_json::from_slice::<Value>(&reply.body) else {
+            continue;
+        };
+        if answer == Value::Null {
             let claim = atomics::increment(&bucket, &format!("{RELEASED}{id}"), 1)
                 .map_err(|e| format!("{e:?}"))?;
             if claim == 1 {
