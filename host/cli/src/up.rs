@@ -99,13 +99,25 @@ async fn join(host: &Host, member: &Member, manifest: &Manifest) -> Result<()> {
             .seed(&entry.name, entry.spec.clone(), &wasm)
             .await
             .with_context(|| format!("seeding `{}` into the lattice", entry.name))?;
-        if running != ours {
+        let differs = if running.version != ours {
+            Some(format!(
+                "this manifest's build {} is not deployed",
+                short(&ours)
+            ))
+        } else if running.spec != *entry.spec {
+            Some(
+                "this manifest's spec (routes, limits, grants, config) differs and is not deployed"
+                    .into(),
+            )
+        } else {
+            None
+        };
+        if let Some(differs) = differs {
             eprintln!(
-                "note: lattice `{}` already runs {} at {}; this manifest's build {} is not deployed (the lattice wins). Roll it out with `weft deploy {} --manifest ...`.",
+                "note: lattice `{}` already runs {} at {}; {differs} (the lattice wins). Roll it out with `weft deploy {} --manifest ...`.",
                 lattice.name(),
                 entry.name,
-                short(&running),
-                short(&ours),
+                short(&running.version),
                 entry.name
             );
         }

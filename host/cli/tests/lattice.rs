@@ -546,3 +546,78 @@ async fn hosts_on_a_nats_cluster_keep_serving_and_converging_when_a_server_stops
         stop(host);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_seeds_the_lattice_and_an_older_manifest_never_rolls_it_back() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let nats = nats.url();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let write = |dir: &std::path::Path, greeting: &str| {
+        let hello = wasm_file(dir, "hello");
+        let manifest = dir.join("weft.toml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"seeded\"\n[components.hello]\nsource = \"{hello}\"\nroutes = [{{ path = \"/hello\" }}]\nconfig = {{ GREETING = \"{greeting}\" }}\n"
+            ),
+        )
+        .unwrap();
+        manifest
+    };
+    // The first host seeds the lattice from its manifest.
+    let manifest_a = write(a_dir.path(), "Hallo");
+    let (a, a_http, _) = common::weft_up_with(
+        a_dir.path(),
+        &manifest_a,
+        &["--nats", &nats, "--host-id", "a"],
+    );
+    assert!(
+        get(&format!("http://{a_http}/hello"))
+            .await
+            .1
+            .starts_with("Hallo")
+    );
+    // A second host with another manifest for the same component: the lattice wins,
+    // and it says so.
+    let manifest_b = write(b_dir.path(), "Hej");
+    let (mut b, b_http, _) = common::weft_up_with(
+        b_dir.path(),
+        &manifest_b,
+        &["--nats", &nats, "--host-id", "b"],
+    );
+    let (_, body) = get(&format!("http://{b_http}/hello")).await;
+    assert!(
+        body.starts_with("Hallo"),
+        "the lattice's version serves on b: {body}"
+    );
+    assert!(
+        get(&format!("http://{a_http}/hello"))
+            .await
+            .1
+            .starts_with("Hallo")
+    );
+    let note = b.wait_for("the lattice wins");
+    assert!(note.contains("weft deploy hello"), "{note}");
+    // Rolling b's manifest out is one deploy.
+    let (ok, out, err) = weft(&[
+        "deploy",
+        "hello",
+        "--manifest",
+        manifest_b.to_str().unwrap(),
+        "--nats",
+        &nats,
+    ]);
+    assert!(ok && out.contains("live on 2 of 2 hosts"), "{out}\n{err}");
+    for http in [&a_http, &b_http] {
+        assert!(
+            get(&format!("http://{http}/hello"))
+                .await
+                .1
+                .starts_with("Hej")
+        );
+    }
+    stop(a);
+    stop(b);
+}

@@ -275,15 +275,15 @@ impl Lattice {
 
     /// Seeds `name` from a manifest: writes it only if the lattice has no entry of that
     /// name (the lattice wins: a host restarting with an older manifest never rolls the
-    /// fleet back). Returns the entry's revision and the version the lattice runs.
-    pub async fn seed(&self, name: &str, spec: ValidSpec, wasm: &[u8]) -> Result<(u64, String)> {
-        if let Some((revision, current)) = self.desired_of(name).await? {
-            return Ok((revision, current.version));
+    /// fleet back). Returns the entry's revision and the entry the lattice has.
+    pub async fn seed(&self, name: &str, spec: ValidSpec, wasm: &[u8]) -> Result<(u64, Desired)> {
+        if let Some(current) = self.desired_of(name).await? {
+            return Ok(current);
         }
         let version = self.upload(wasm).await?;
         let desired = Desired {
             name: name.to_string(),
-            version: version.clone(),
+            version,
             size: wasm.len() as u64,
             spec: spec.into_inner(),
             deployed_at_ms: now_ms(),
@@ -293,10 +293,10 @@ impl Lattice {
             .create(encode_key(name), serde_json::to_vec(&desired)?.into())
             .await
         {
-            Ok(revision) => Ok((revision, version)),
+            Ok(revision) => Ok((revision, desired)),
             // Another host seeded it first.
             Err(_) => match self.desired_of(name).await? {
-                Some((revision, current)) => Ok((revision, current.version)),
+                Some(current) => Ok(current),
                 None => bail!("seeding `{name}` into the lattice failed"),
             },
         }
