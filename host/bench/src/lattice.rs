@@ -46,6 +46,8 @@ fn join(nats: &str, lattice: &str, id: &str) -> Result<Weft> {
     };
     let status = format!("{}/v1/status", weft.admin);
     procs::wait_until_ok(&mut weft.proc, &status, Duration::from_secs(60))?;
+    // Joined and converged: its record is in the lattice.
+    procs::wait_for_log(&mut weft.proc, "serving on", Duration::from_secs(300))?;
     Ok(weft)
 }
 

@@ -148,7 +148,26 @@ pub fn weft_up(name: &str, manifest: &Path, cache: &Path, extra: &[&str]) -> Res
     };
     let status = format!("{}/v1/status", weft.admin);
     wait_until_ok(&mut weft.proc, &status, Duration::from_secs(180))?;
+    // The admin API answers before the manifest's components are deployed (in a
+    // lattice: seeded and converged on); `weft up` says "serving on" once they are.
+    wait_for_log(&mut weft.proc, "serving on", Duration::from_secs(300))?;
     Ok(weft)
+}
+
+/// Waits until the process's log (target/bench/logs/NAME.log) has a line with `needle`.
+pub fn wait_for_log(proc: &mut Proc, needle: &str, timeout: Duration) -> Result<()> {
+    let log = work_dir().join("logs").join(format!("{}.log", proc.name));
+    let start = Instant::now();
+    loop {
+        if std::fs::read_to_string(&log).is_ok_and(|text| text.contains(needle)) {
+            return Ok(());
+        }
+        proc.check_alive()?;
+        if start.elapsed() > timeout {
+            bail!("no `{needle}` in {} within {timeout:?}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Two `weft up` hosts serving `component` from `wasm` on `routes` (a TOML array), one

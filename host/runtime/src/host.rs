@@ -199,18 +199,21 @@ impl Host {
             (Some(nats), Some(membership)) => {
                 let client = crate::bus::nats::connect_client(nats, "lattice", 65_536).await?;
                 let lattice = Lattice::open_patiently(client, &membership.name).await?;
-                Some(Member::start(
-                    lattice,
-                    deployments.clone(),
-                    MemberConfig {
-                        lattice: membership.name,
-                        host_id: membership.host_id,
-                        labels: membership.labels,
-                        max_component_bytes: config.admin_limits.max_upload_bytes,
-                    },
-                    http_addr,
-                    admin_addr,
-                ))
+                Some(
+                    Member::start(
+                        lattice,
+                        deployments.clone(),
+                        MemberConfig {
+                            lattice: membership.name,
+                            host_id: membership.host_id,
+                            labels: membership.labels,
+                            max_component_bytes: config.admin_limits.max_upload_bytes,
+                        },
+                        http_addr,
+                        admin_addr,
+                    )
+                    .await,
+                )
             }
             (None, Some(_)) => bail!(
                 "joining a lattice needs NATS: pass --nats URL (the lattice's desired state lives in JetStream)"

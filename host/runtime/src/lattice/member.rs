@@ -70,8 +70,9 @@ impl std::fmt::Debug for Member {
 }
 
 impl Member {
-    /// Joins `lattice`: starts converging `live` on it and heartbeating.
-    pub fn start(
+    /// Joins `lattice`: puts the host's first record (so a deploy right after this
+    /// returns counts the host), then starts converging `live` on it and heartbeating.
+    pub async fn start(
         lattice: Lattice,
         live: Arc<LiveSet>,
         config: MemberConfig,
@@ -100,6 +101,9 @@ impl Member {
                 format!(" with labels {:?}", member.config.labels)
             }
         );
+        if let Err(e) = member.lattice.put_host(&member.record()).await {
+            tracing::warn!("lattice: {e:#} (retrying each heartbeat)");
+        }
         tokio::spawn(watch_desired(Arc::downgrade(&member)));
         tokio::spawn(heartbeat(Arc::downgrade(&member)));
         member
