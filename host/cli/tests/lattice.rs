@@ -413,19 +413,10 @@ async fn a_host_that_refuses_a_version_is_reported_by_name_and_placement_picks_h
     stop(b);
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hosts_on_a_nats_cluster_keep_serving_and_converging_when_a_server_stops() {
     // Three servers routed to each other on loopback, JetStream clustered.
-    let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster: Vec<u16> = (0..3).map(|_| NatsServer::free_port()).collect();
     let routes = cluster
         .iter()
         .map(|p| format!("nats://127.0.0.1:{p}"))

@@ -54,20 +54,25 @@ impl NatsServer {
 
     /// [`NatsServer::start`] with extra `nats-server` arguments (`--user`, `--pass`, ...).
     pub fn start_with(args: &[&str]) -> Option<NatsServer> {
-        // A port is never handed out twice in one test process, so a server stopped for
-        // a restart test cannot have its port taken by another test's server meanwhile.
+        let port = NatsServer::free_port();
+        let store = tempfile::tempdir().expect("a temporary directory");
+        NatsServer::start_on(port, store, args)
+    }
+
+    /// A free loopback port never handed out before in this test process (for a
+    /// server's client or cluster port), so a server stopped for a restart test cannot
+    /// have its port taken by another test's server meanwhile.
+    pub fn free_port() -> u16 {
         static USED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-        let port = loop {
+        loop {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             let port = listener.local_addr().expect("a bound port").port();
             let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
             if !used.contains(&port) {
                 used.push(port);
-                break port;
+                return port;
             }
-        };
-        let store = tempfile::tempdir().expect("a temporary directory");
-        NatsServer::start_on(port, store, args)
+        }
     }
 
     fn start_on(port: u16, store: tempfile::TempDir, args: &[&str]) -> Option<NatsServer> {
@@ -94,14 +99,15 @@ impl NatsServer {
     }
 
     fn wait_ready(&self) {
-        for _ in 0..200 {
+        // 15 s: a loaded machine (a build beside the tests) starts it slowly.
+        for _ in 0..600 {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!(
-            "nats-server did not listen on port {} within 5 s",
+            "nats-server did not listen on port {} within 15 s",
             self.port
         );
     }
