@@ -32,6 +32,20 @@ fn weft(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `weft deploy hello --wasm FILE --route /hello/... --nats URL`.
+fn deploy_hello(file: &str, nats: &str) -> (bool, String, String) {
+    weft(&[
+        "deploy",
+        "hello",
+        "--wasm",
+        file,
+        "--route",
+        "/hello/...",
+        "--nats",
+        nats,
+    ])
+}
+
 /// `weft hosts --nats URL`'s output.
 fn hosts(nats: &str) -> String {
     let (ok, out, err) = weft(&["hosts", "--nats", nats]);
@@ -150,16 +164,7 @@ async fn deploy_once_and_every_host_serves_it_through_redeploys_new_hosts_and_a_
 
     // One deploy; every host serves it when it returns.
     let start = Instant::now();
-    let (ok, out, err) = weft(&[
-        "deploy",
-        "hello",
-        "--wasm",
-        &hello,
-        "--route",
-        "/hello/...",
-        "--nats",
-        &nats,
-    ]);
+    let (ok, out, err) = deploy_hello(&hello, &nats);
     let took = start.elapsed();
     assert!(ok, "weft deploy failed:\n{out}\n{err}");
     assert!(out.contains("live on 3 of 3 hosts"), "{out}");
@@ -172,16 +177,7 @@ async fn deploy_once_and_every_host_serves_it_through_redeploys_new_hosts_and_a_
         assert_eq!(status, 200, "{http}: {body}");
     }
     // The same deploy again changes nothing.
-    let (ok, out, _) = weft(&[
-        "deploy",
-        "hello",
-        "--wasm",
-        &hello,
-        "--route",
-        "/hello/...",
-        "--nats",
-        &nats,
-    ]);
+    let (ok, out, _) = deploy_hello(&hello, &nats);
     assert!(ok && out.contains("already the lattice's version"), "{out}");
 
     // Redeploy across the fleet under load spread over all hosts: no request fails.
@@ -193,18 +189,7 @@ async fn deploy_once_and_every_host_serves_it_through_redeploys_new_hosts_and_a_
     let p3 = wasm_file(dirs[0].path(), "hello-p3");
     for (round, file) in [&p3, &hello, &p3].iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let (ok, out, err) = tokio::task::block_in_place(|| {
-            weft(&[
-                "deploy",
-                "hello",
-                "--wasm",
-                file,
-                "--route",
-                "/hello/...",
-                "--nats",
-                &nats,
-            ])
-        });
+        let (ok, out, err) = tokio::task::block_in_place(|| deploy_hello(file, &nats));
         assert!(ok, "redeploy {round} failed:\n{out}\n{err}");
         assert!(out.contains("live on 3 of 3 hosts"), "{out}");
     }
@@ -462,16 +447,7 @@ async fn hosts_on_a_nats_cluster_keep_serving_and_converging_when_a_server_stops
     }
     wait_for_hosts(&urls, 2);
     let hello = wasm_file(dirs[0].path(), "hello");
-    let (ok, out, err) = weft(&[
-        "deploy",
-        "hello",
-        "--wasm",
-        &hello,
-        "--route",
-        "/hello/...",
-        "--nats",
-        &urls,
-    ]);
+    let (ok, out, err) = deploy_hello(&hello, &urls);
     assert!(ok && out.contains("live on 2 of 2 hosts"), "{out}\n{err}");
 
     // Stop one server under load: both hosts keep serving.

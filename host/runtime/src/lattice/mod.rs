@@ -15,7 +15,7 @@
 
 pub mod member;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -39,6 +39,9 @@ pub const LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// A host that stopped heartbeating is dropped from the hosts bucket after this.
 pub const DROPPED_AFTER: Duration = Duration::from_secs(60);
+
+/// A host that has not answered a deploy (the error, with how long was waited).
+const NO_ANSWER: &str = "no answer (is the host overloaded, or partitioned from NATS?)";
 
 /// How often a deploy waiting for the hosts' answers also reads their records afresh.
 const POLL: Duration = Duration::from_secs(1);
@@ -396,7 +399,7 @@ impl Lattice {
             ms: 0,
         };
         let placement = &desired.spec.placement;
-        let mut waiting: BTreeMap<String, ()> = BTreeMap::new();
+        let mut waiting = BTreeSet::new();
         for (record, alive) in &hosts {
             if !alive {
                 continue;
@@ -411,27 +414,15 @@ impl Lattice {
             } else if let Some(done) = answered(record, name, revision) {
                 rollout.hosts.push(done);
             } else {
-                waiting.insert(record.id.clone(), ());
+                waiting.insert(record.id.clone());
             }
         }
         let answers = self
-            .collect(&mut watch, &mut waiting, wait, |r| {
+            .collect(&mut watch, waiting, wait, NO_ANSWER, |r| {
                 answered(r, name, revision)
             })
             .await;
         rollout.hosts.extend(answers);
-        for id in waiting.keys() {
-            let error = format!(
-                "no answer within {}s (is the host overloaded, or partitioned from NATS?)",
-                wait.as_secs()
-            );
-            rollout.hosts.push(HostRollout::of(
-                id,
-                RolloutState::Timeout,
-                Some(error),
-                wait.as_millis() as u64,
-            ));
-        }
         rollout.hosts.sort_by(|a, b| a.host.cmp(&b.host));
         rollout.ms = start.elapsed().as_millis() as u64;
         Ok(rollout)
@@ -450,12 +441,12 @@ impl Lattice {
         let mut watch = self.hosts.watch_all().await.context("watching the hosts")?;
         // Who runs it is read before the removal: a quick host may be done before
         // the removal's answer arrives.
-        let mut waiting: BTreeMap<String, ()> = self
+        let waiting: BTreeSet<String> = self
             .hosts()
             .await?
             .into_iter()
             .filter(|(r, alive)| *alive && r.components.contains_key(name))
-            .map(|(r, _)| (r.id, ()))
+            .map(|(r, _)| r.id)
             .collect();
         self.desired
             .delete(encode_key(name))
@@ -470,7 +461,7 @@ impl Lattice {
             ms: 0,
         };
         let answers = self
-            .collect(&mut watch, &mut waiting, wait, |r| {
+            .collect(&mut watch, waiting, wait, "still runs it", |r| {
                 (!r.components.contains_key(name)).then(|| {
                     HostRollout::of(
                         &r.id,
@@ -482,38 +473,30 @@ impl Lattice {
             })
             .await;
         rollout.hosts.extend(answers);
-        for id in waiting.keys() {
-            let error = format!("still runs it after {}s", wait.as_secs());
-            rollout.hosts.push(HostRollout::of(
-                id,
-                RolloutState::Timeout,
-                Some(error),
-                wait.as_millis() as u64,
-            ));
-        }
         rollout.hosts.sort_by(|a, b| a.host.cmp(&b.host));
         rollout.ms = start.elapsed().as_millis() as u64;
         Ok(rollout)
     }
 
-    /// Collects, within `wait`, the answer `answer` finds in the records of the hosts
-    /// in `waiting` (removing them from it): from the hosts bucket's watch, and, in
-    /// case the watch stalls (as when its server stops), from a fresh read once every
-    /// [`POLL`].
+    /// Collects, within `wait`, the answer `answer` finds in the record of each host in
+    /// `waiting`: from the hosts bucket's watch, and, in case the watch stalls (as when
+    /// its server stops), from a fresh read once every [`POLL`]. A host still silent
+    /// then is answered [`RolloutState::Timeout`], with `silent` as the error.
     async fn collect(
         &self,
         watch: &mut kv::Watch,
-        waiting: &mut BTreeMap<String, ()>,
+        mut waiting: BTreeSet<String>,
         wait: Duration,
+        silent: &str,
         answer: impl Fn(&HostRecord) -> Option<HostRollout>,
     ) -> Vec<HostRollout> {
         let mut answers = Vec::new();
         let deadline = tokio::time::Instant::now() + wait;
         let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
         let take = |record: &HostRecord,
-                    waiting: &mut BTreeMap<String, ()>,
+                    waiting: &mut BTreeSet<String>,
                     answers: &mut Vec<HostRollout>| {
-            if waiting.contains_key(&record.id)
+            if waiting.contains(&record.id)
                 && let Some(done) = answer(record)
             {
                 waiting.remove(&record.id);
@@ -527,7 +510,7 @@ impl Lattice {
                 next = watch.next(), if watching => match next {
                     Some(Ok(entry)) if entry.operation == kv::Operation::Put => {
                         if let Ok(record) = serde_json::from_slice::<HostRecord>(&entry.value) {
-                            take(&record, waiting, &mut answers);
+                            take(&record, &mut waiting, &mut answers);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -538,11 +521,16 @@ impl Lattice {
                 _ = poll.tick() => {
                     if let Ok(hosts) = self.hosts().await {
                         for (record, _) in &hosts {
-                            take(record, waiting, &mut answers);
+                            take(record, &mut waiting, &mut answers);
                         }
                     }
                 }
             }
+        }
+        for id in &waiting {
+            let error = format!("{silent} after {}s", wait.as_secs());
+            let ms = wait.as_millis() as u64;
+            answers.push(HostRollout::of(id, RolloutState::Timeout, Some(error), ms));
         }
         answers
     }
