@@ -43,7 +43,7 @@ pub async fn start(path: Option<&Path>, mut config: HostConfig, build: bool) -> 
     let config_tls = config.tls.is_some();
     let host = Host::start(config).await?;
     match host.member() {
-        Some(member) => join(&host, member, &manifest).await?,
+        Some(member) => join(member, &manifest).await?,
         None => {
             for entry in &manifest.components {
                 let wasm = read_source(entry)?;
@@ -90,7 +90,7 @@ const CONVERGE_WAIT: Duration = Duration::from_secs(300);
 /// In a lattice: seeds the manifest's components the lattice does not have yet (the
 /// lattice wins where it has one), then waits until this host runs what the lattice
 /// wants. A manifest component refused here fails the start, as it would alone.
-async fn join(host: &Host, member: &Member, manifest: &Manifest) -> Result<()> {
+async fn join(member: &Member, manifest: &Manifest) -> Result<()> {
     let lattice = member.lattice();
     for entry in &manifest.components {
         let wasm = read_source(entry)?;
@@ -155,7 +155,6 @@ async fn join(host: &Host, member: &Member, manifest: &Manifest) -> Result<()> {
             ),
         }
     }
-    let _ = host;
     Ok(())
 }
 

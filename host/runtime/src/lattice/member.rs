@@ -404,7 +404,7 @@ async fn watch_desired(member: std::sync::Weak<Member>) {
 const WATCH_CHECK: Duration = Duration::from_secs(2);
 
 fn handle_entry(member: &Arc<Member>, entry: kv::Entry) {
-    let name = decode_key(&entry.key);
+    let name = crate::kv::nats::decode_key(&entry.key);
     match entry.operation {
         kv::Operation::Put => match serde_json::from_slice::<Desired>(&entry.value) {
             Ok(desired) if desired.name == name => {
@@ -418,11 +418,6 @@ fn handle_entry(member: &Arc<Member>, entry: kv::Entry) {
         },
         kv::Operation::Delete | kv::Operation::Purge => member.dispatch(name, entry.revision, None),
     }
-}
-
-/// The name a desired entry's key encodes (see [`crate::kv::nats::encode_key`]).
-fn decode_key(key: &str) -> String {
-    crate::kv::nats::decode_key(key)
 }
 
 /// Puts the host's record once a [`HEARTBEAT`], and at once after every change.
