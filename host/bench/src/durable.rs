@@ -20,7 +20,7 @@ use crate::{Settings, tools::Wasm};
 /// Messages handled at once, by weft (`max_in_flight`) and by the native consumer.
 const IN_FLIGHT: usize = 64;
 /// Messages stored at once in a throughput turn, then drained.
-const BATCH: usize = 2_000;
+const BATCH: usize = 20_000;
 /// Latency turns, the contestants taking turns (see `messaging.rs`).
 const TURN: Duration = Duration::from_millis(250);
 /// Messages per instance for the reuse contestant.
@@ -113,12 +113,19 @@ async fn drain(
     subject: &str,
 ) -> Result<f64> {
     let start = Instant::now();
-    let mut stored = Vec::with_capacity(BATCH);
+    let mut stored = Vec::with_capacity(1_000);
     for i in 0..BATCH {
         stored.push(
             js.publish(subject.to_string(), Bytes::from(format!("b{i}")))
                 .await?,
         );
+        // The client bounds the stores awaiting their acknowledgement: await them in
+        // chunks, or a publish waits forever.
+        if stored.len() == 1_000 {
+            for ack in stored.drain(..) {
+                ack.await.context("storing a message")?;
+            }
+        }
     }
     for ack in stored {
         ack.await.context("storing a message")?;

@@ -166,25 +166,28 @@ const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// Pulls as many messages as there is room for, hands each on, and pulls again, until
 /// stopped. A batch is taken in whole, so no message waits unseen in the client when it
-/// stops.
+/// stops. A pull waits for room for half the buffer: every pull subscribes an inbox of
+/// its own, and pulling one message at a time as each handler finishes cost the host
+/// and the server more than the handling did.
 async fn pull_loop(
     pull: jetstream::consumer::PullConsumer,
     consumer: ConsumerConfig,
     sender: mpsc::Sender<Delivery>,
     stop: Arc<Stop>,
 ) {
+    let least = (sender.max_capacity() / 2).max(1);
     while !stop.stopped.load(Ordering::Relaxed) {
         let stopping = stop.wake.notified();
         tokio::pin!(stopping);
         stopping.as_mut().enable();
-        let permit = tokio::select! {
-            permit = sender.reserve() => match permit {
-                Ok(permit) => permit,
+        let permits = tokio::select! {
+            permits = sender.reserve_many(least) => match permits {
+                Ok(permits) => permits,
                 Err(_) => return,
             },
             () = &mut stopping => return,
         };
-        let room = 1 + sender.capacity();
+        let room = least + sender.capacity();
         let batch = pull
             .batch()
             .max_messages(room)
@@ -194,7 +197,7 @@ async fn pull_loop(
         let mut batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
-                drop(permit);
+                drop(permits);
                 tracing::warn!(
                     "events: pulling from consumer `{}`: {e}; retrying in 1 s",
                     consumer.name
@@ -203,7 +206,7 @@ async fn pull_loop(
                 continue;
             }
         };
-        let mut permit = Some(permit);
+        let mut permits = permits;
         while let Some(message) = batch.next().await {
             let message = match message {
                 Ok(m) => m,
@@ -215,8 +218,10 @@ async fn pull_loop(
             let Some(delivery) = to_delivery(message) else {
                 continue;
             };
-            match permit.take() {
-                Some(p) => p.send(delivery),
+            match permits.next() {
+                Some(p) => {
+                    p.send(delivery);
+                }
                 None => {
                     if sender.send(delivery).await.is_err() {
                         return;
