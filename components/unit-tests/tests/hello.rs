@@ -27,6 +27,10 @@ async fn greets_with_the_configured_greeting_and_the_path() {
         "Hi from weft! You asked for /hello\n"
     );
     assert!(hi.events().is_empty(), "hello talks to nobody");
+    assert!(
+        !hi.concurrent(),
+        "a WASI 0.2 component runs without the component model's async support"
+    );
 }
 
 #[tokio::test]

@@ -5,12 +5,20 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "common/tls.rs"]
+mod tls;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
 use futures::{SinkExt, StreamExt};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use weft_runtime::Host;
 use weft_runtime::spec::{ComponentSpec, Limits, RouteSpec};
@@ -66,14 +74,14 @@ async fn connect(host: &Host) -> Socket {
 }
 
 /// The next text frame, within 5 s.
-async fn text(socket: &mut Socket) -> String {
+async fn text<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStream<S>) -> String {
     match next(socket).await {
         Message::Text(t) => t.to_string(),
         other => panic!("expected a text frame, got {other:?}"),
     }
 }
 
-async fn next(socket: &mut Socket) -> Message {
+async fn next<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStream<S>) -> Message {
     tokio::time::timeout(Duration::from_secs(5), socket.next())
         .await
         .expect("a frame within 5 s")
@@ -101,7 +109,7 @@ async fn close_code(socket: &mut Socket) -> (CloseCode, String) {
     }
 }
 
-async fn say(socket: &mut Socket, text: &str) {
+async fn say<S: AsyncRead + AsyncWrite + Unpin>(socket: &mut WebSocketStream<S>, text: &str) {
     socket.send(Message::text(text)).await.unwrap();
 }
 
@@ -154,6 +162,93 @@ async fn events_reach_the_component_and_a_group_fans_out() {
     // Its group no longer sends to it; the other member still gets the room.
     say(&mut b, "bob: still here").await;
     assert_eq!(text(&mut b).await, "bob: still here");
+    host.shutdown().await;
+}
+
+/// A WebSocket over HTTP/2 on `stream` (RFC 8441: a CONNECT with `:protocol =
+/// websocket`, answered 200), to `base`'s `/chat/ws`.
+async fn h2_websocket<S>(
+    stream: S,
+    base: &str,
+) -> WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    // An ordinary request first: the server's settings (which allow extended CONNECT)
+    // have arrived once it is answered.
+    let page = http::Request::get(format!("{base}/chat"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(page).await.unwrap().status(), 200);
+    let mut request = http::Request::connect(format!("{base}/chat/ws"))
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = send.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "RFC 8441 accepts with 200");
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    assert_eq!(text(&mut socket).await, "* welcome to the chat");
+    socket
+}
+
+#[tokio::test]
+async fn websockets_over_tls_and_over_http2_share_one_room() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (files, cert) = tls::self_signed(dir.path());
+    let host = start_host_with(cache.path(), |config| config.tls = Some(files)).await;
+    deploy(
+        &host,
+        "chat",
+        "chat",
+        chat(Limits::default(), &["ws.group.chat"]),
+    )
+    .await;
+    let (addr, base) = (
+        host.http_addr(),
+        format!("https://localhost:{}", host.http_addr().port()),
+    );
+    // wss: the HTTP/1.1 upgrade over TLS.
+    let (stream, chosen) = tls::tls_connect(addr, &cert, &["http/1.1"]).await;
+    assert_eq!(chosen.as_deref(), Some("http/1.1"));
+    let (mut a, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/chat/ws", addr.port()), stream)
+            .await
+            .unwrap();
+    assert_eq!(text(&mut a).await, "* welcome to the chat");
+    // HTTP/2 over TLS.
+    let (stream, chosen) = tls::tls_connect(addr, &cert, &["h2"]).await;
+    assert_eq!(chosen.as_deref(), Some("h2"));
+    let mut b = h2_websocket(stream, &base).await;
+    say(&mut a, "alice: over wss").await;
+    assert_eq!(text(&mut a).await, "alice: over wss");
+    assert_eq!(text(&mut b).await, "alice: over wss");
+    say(&mut b, "bob: over h2").await;
+    assert_eq!(text(&mut a).await, "bob: over h2");
+    assert_eq!(text(&mut b).await, "bob: over h2");
+    b.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(next(&mut b).await, Message::binary(vec![1u8, 2, 3]));
+    host.shutdown().await;
+
+    // HTTP/2 without TLS (h2c, prior knowledge), as gRPC clients use it.
+    let cache = tempfile::tempdir().unwrap();
+    let host = chat_host(cache.path(), Limits::default(), &["ws.group.chat"]).await;
+    let tcp = tokio::net::TcpStream::connect(host.http_addr())
+        .await
+        .unwrap();
+    let mut c = h2_websocket(tcp, &format!("http://{}", host.http_addr())).await;
+    say(&mut c, "/echo h2c").await;
+    assert_eq!(text(&mut c).await, "h2c");
     host.shutdown().await;
 }
 

@@ -33,11 +33,35 @@ pub struct TierEngine {
     pub idle_budget: Arc<IdleBudget>,
 }
 
-/// A host's compilers: Cranelift always; Winch too where it runs (x86-64 with AVX).
+impl TierEngine {
+    fn new(max_instances: u32, tier: Tier, concurrent: bool) -> Result<TierEngine> {
+        let engine = build_engine(max_instances, tier, concurrent)?;
+        let linker = build_linker(&engine)?;
+        start_epoch_ticker(&engine);
+        Ok(TierEngine {
+            engine,
+            linker,
+            tier,
+            idle_budget: IdleBudget::for_engine(max_instances),
+        })
+    }
+}
+
+/// A host's compilers: Cranelift always, twice; Winch too where it runs (x86-64 with
+/// AVX).
+///
+/// Cranelift runs a component on one of two engines. The component model's async
+/// support (what `wasi:http@0.3.0` and Spin 4's async imports need) puts every call,
+/// even one into a WASI 0.2 component, through wasmtime's task bookkeeping: about 8% of
+/// a busy host's CPU in `perf`. So a component that uses none of it runs on `classic`,
+/// an engine without that support, and only the others on `optimized`.
 #[derive(Clone)]
 pub struct Engines {
-    /// Cranelift: what every component ends up running on.
+    /// Cranelift with the component model's async support: what a component that
+    /// needs it ends up running on.
     pub optimized: TierEngine,
+    /// Cranelift without it: what every other component ends up running on.
+    pub classic: TierEngine,
     /// Winch: what a component not found in the cache starts on.
     pub baseline: Option<TierEngine>,
     /// Instances that may run at once across all components (each engine's pool).
@@ -47,20 +71,10 @@ pub struct Engines {
 impl Engines {
     /// Builds the engines (Winch only if `baseline`), their linkers and epoch tickers.
     pub fn new(max_instances: u32, baseline: bool) -> Result<Engines> {
-        let tier_engine = |tier| -> Result<TierEngine> {
-            let engine = build_engine(max_instances, tier)?;
-            let linker = build_linker(&engine)?;
-            start_epoch_ticker(&engine);
-            Ok(TierEngine {
-                engine,
-                linker,
-                tier,
-                idle_budget: IdleBudget::for_engine(max_instances),
-            })
-        };
-        let optimized = tier_engine(Tier::Optimized)?;
+        let optimized = TierEngine::new(max_instances, Tier::Optimized, true)?;
+        let classic = TierEngine::new(max_instances, Tier::Optimized, false)?;
         let baseline = if baseline {
-            match tier_engine(Tier::Baseline) {
+            match TierEngine::new(max_instances, Tier::Baseline, true) {
                 Ok(winch) => Some(winch),
                 Err(e) => {
                     tracing::warn!(
@@ -74,15 +88,44 @@ impl Engines {
         };
         Ok(Engines {
             optimized,
+            classic,
             baseline,
             max_instances,
         })
     }
+
+    /// The Cranelift engine for `wasm`: [`Engines::classic`] unless the component uses
+    /// the component model's async features (which its sections declare: async lifts
+    /// and lowers, streams, futures, tasks). Function bodies are not read, so this
+    /// costs a small part of a compile.
+    pub fn optimized_for(&self, wasm: &[u8]) -> &TierEngine {
+        if validates(self.classic.engine.get_wasm_features(), wasm) {
+            &self.classic
+        } else {
+            &self.optimized
+        }
+    }
 }
 
-/// Builds an engine: async, pooling allocator, epoch interruption, and the compiler
-/// of `tier`.
-pub fn build_engine(max_instances: u32, tier: Tier) -> Result<Engine> {
+/// Whether `wasm`'s sections (not its function bodies) are valid with only `features`.
+/// Anything the parser refuses counts as not: the engine with every feature then says
+/// what is wrong.
+fn validates(features: wasmparser::WasmFeatures, wasm: &[u8]) -> bool {
+    let mut validator = wasmparser::Validator::new_with_features(features);
+    let mut parser = wasmparser::Parser::new(0);
+    parser.set_features(features);
+    for payload in parser.parse_all(wasm) {
+        match payload.map(|p| validator.payload(&p).is_ok()) {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Builds an engine: async, pooling allocator, epoch interruption, the compiler of
+/// `tier`, and the component model's async support if `concurrent`.
+pub fn build_engine(max_instances: u32, tier: Tier, concurrent: bool) -> Result<Engine> {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(max_instances)
         .total_core_instances(max_instances * 4)
@@ -117,8 +160,9 @@ pub fn build_engine(max_instances: u32, tier: Tier) -> Result<Engine> {
         })
         .epoch_interruption(true)
         // wasi:http@0.3.0 and the other WASI 0.3 interfaces (Spin 4, wasmCloud v2):
-        // async exports and imports, streams and futures.
-        .wasm_component_model_async(true)
+        // async exports and imports, streams and futures (see `Engines`).
+        .concurrency_support(concurrent)
+        .wasm_component_model_async(concurrent)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         // Map each memory's initial image copy-on-write. A slot keeps its module's image
         // between instances and the reset above restores only the pages the last

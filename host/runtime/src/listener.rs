@@ -193,6 +193,8 @@ fn protocols(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams_per_connection)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // WebSockets over HTTP/2 (RFC 8441): a CONNECT with `:protocol = websocket`.
+        .enable_connect_protocol()
         // Pings find a peer that vanished without closing; an idle one is closed below.
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20));

@@ -367,6 +367,12 @@ impl TestComponent {
         (outcome, reply)
     }
 
+    /// Whether the component runs on the engine with the component model's async
+    /// support, as a host runs only components that use it (`engine::Engines`).
+    pub fn concurrent(&self) -> bool {
+        self.deployment.component.engine().get_concurrency_support()
+    }
+
     /// Everything the component published, requested and replied, in order.
     pub fn events(&self) -> Vec<Event> {
         lock(&self.world.events).clone()

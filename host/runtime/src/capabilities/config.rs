@@ -82,7 +82,11 @@ pub fn add_to_linker<T: Send + 'static>(
     draft::wasi::config0_2_0_draft_2024_09_27::store::add_to_linker::<T, Config>(linker, get)?;
     rc1::wasi::config0_2_0_rc_1::store::add_to_linker::<T, Config>(linker, get)?;
     wasmcloud::wasi::config0_2_0_draft::store::add_to_linker::<T, Config>(linker, get)?;
-    spin::spin::variables::variables::add_to_linker::<T, Config>(linker, get)
+    // Spin's variables are async in WIT (see `engine::Engines`).
+    if linker.engine().get_concurrency_support() {
+        spin::spin::variables::variables::add_to_linker::<T, Config>(linker, get)?;
+    }
+    Ok(())
 }
 
 impl spin::spin::variables::variables::Host for ConfigGrant {}

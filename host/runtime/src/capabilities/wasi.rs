@@ -46,8 +46,12 @@ impl WasiGrant {
 }
 
 /// Adds all of WASI 0.2 and 0.3 to the linker: both read the same context, so a 0.3
-/// guest is granted exactly what a 0.2 guest is.
+/// guest is granted exactly what a 0.2 guest is. (0.3 only on an engine with the
+/// component model's async support: see `engine::Engines`.)
 pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    wasmtime_wasi::p3::add_to_linker(linker)
+    if linker.engine().get_concurrency_support() {
+        wasmtime_wasi::p3::add_to_linker(linker)?;
+    }
+    Ok(())
 }

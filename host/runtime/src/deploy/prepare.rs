@@ -23,7 +23,7 @@ use crate::triggers::Trigger;
 /// grants) and triggers (each links the export it calls).
 #[derive(Clone)]
 pub struct Deployer {
-    /// Cranelift, and Winch for a quick start.
+    /// Cranelift (classic or concurrent), and Winch for a quick start.
     pub engines: Engines,
     /// Compiled code on disk.
     pub cache: CompileCache,
@@ -58,7 +58,7 @@ impl Deployer {
     ) -> Result<Deployment, DeployError> {
         crate::spec::validate_name(name)?;
         check_is_component(wasm)?;
-        let (cache, optimized) = (&self.cache, &self.engines.optimized);
+        let (cache, optimized) = (&self.cache, self.engines.optimized_for(wasm));
         let (engine, (component, compiled)) = match (
             cache.cached(&optimized.engine, &version),
             &self.engines.baseline,
@@ -135,7 +135,7 @@ impl Deployer {
     /// `current` on Cranelift code: the tier-up of a deployment that started on Winch.
     /// Same version, spec and grants; counters carry over.
     pub fn optimized(&self, current: &Deployment, wasm: &[u8]) -> Result<Deployment, DeployError> {
-        let optimized = &self.engines.optimized;
+        let optimized = self.engines.optimized_for(wasm);
         let (component, compiled) = compile(optimized, &self.cache, wasm, &current.version)?;
         let pre = link(optimized, &component)?;
         let exports = self.link_exports(&pre, &current.spec, &optimized.idle_budget)?;

@@ -199,7 +199,11 @@ pub fn add_to_linker<T: Send + 'static>(
     draft2::store::add_to_linker::<T, WasiKeyValue>(linker, get)?;
     draft2::atomics::add_to_linker::<T, WasiKeyValue>(linker, get)?;
     draft2::batch::add_to_linker::<T, WasiKeyValue>(linker, get)?;
-    spin::kv::add_to_linker::<T, WasiKeyValue>(linker, get)
+    // Spin's key-value is async in WIT (see `engine::Engines`).
+    if linker.engine().get_concurrency_support() {
+        spin::kv::add_to_linker::<T, WasiKeyValue>(linker, get)?;
+    }
+    Ok(())
 }
 
 fn other(e: KvError) -> Error {

@@ -44,10 +44,14 @@ pub fn grant(spec: &ValidSpec, listeners: &HostListeners) -> OutboundPolicy {
 /// Adds `wasi:http` to the linker: 0.2 (types and `outgoing-handler`) and 0.3 (types
 /// and `client`). The store's `WasiHttpView` hands out the [`OutboundPolicy`] as its
 /// hooks for both, so every request a guest sends is checked in
-/// [`OutboundPolicy::resolve`].
+/// [`OutboundPolicy::resolve`]. (0.3 only on an engine with the component model's
+/// async support: see `engine::Engines`.)
 pub fn add_to_linker<T: WasiHttpView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi_http::p3::add_to_linker(linker)
+    if linker.engine().get_concurrency_support() {
+        wasmtime_wasi_http::p3::add_to_linker(linker)?;
+    }
+    Ok(())
 }
 
 /// The addresses the host itself listens on (HTTP routes and the admin API): no guest
