@@ -28,6 +28,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of `Up` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build (where needed) and serve every component of a manifest until Ctrl-C.
@@ -38,9 +40,13 @@ enum Command {
         /// Address for HTTP routes.
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: std::net::SocketAddr,
-        /// Address for the admin API.
+        /// Address for the admin API (it serves `GET /metrics` too).
         #[arg(long, default_value = "127.0.0.1:7070")]
         admin: std::net::SocketAddr,
+        /// Also serve `GET /metrics` (Prometheus) on a listener of its own, with the
+        /// admin API's access rules (the admin token, when set).
+        #[arg(long, env = "WEFT_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// Bearer token for the admin API (required when it is not on loopback; on
         /// loopback, it keeps other local users out).
         #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
@@ -177,6 +183,7 @@ impl LatticeArgs {
                 url: url.clone(),
                 creds: self.nats_creds.clone(),
                 token: self.nats_token.clone(),
+                ..NatsConfig::default()
             },
             lattice: self.lattice.clone(),
         })
@@ -277,6 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
             manifest,
             listen,
             admin,
+            metrics_listen,
             admin_token,
             admin_hosts,
             admin_origins,
@@ -300,10 +308,12 @@ async fn run(cli: Cli) -> Result<()> {
                 url,
                 creds: nats_creds,
                 token: nats_token,
+                ..NatsConfig::default()
             });
             let mut config = HostConfig {
                 listen,
                 admin_listen: admin,
+                metrics_listen,
                 admin_token,
                 admin_hosts,
                 admin_origins,

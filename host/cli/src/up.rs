@@ -63,7 +63,9 @@ pub async fn start(path: Option<&Path>, mut config: HostConfig, build: bool) -> 
         manifest.name,
         host.http_addr()
     );
-    eprintln!("admin API on http://{}\n", host.admin_addr());
+    eprintln!("admin API on http://{}", host.admin_addr());
+    let metrics = host.metrics_addr().unwrap_or(host.admin_addr());
+    eprintln!("metrics on http://{metrics}/metrics\n");
     eprintln!(
         "{}",
         route_table(

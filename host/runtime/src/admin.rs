@@ -1,4 +1,5 @@
-//! The admin API: deploy, list and undeploy components on a running host.
+//! The admin API: deploy, list and undeploy components on a running host, and its
+//! metrics (`GET /metrics`, [`crate::metrics`]).
 //! Loopback by default; any other bind address requires a bearer token.
 //!
 //! Every request passes [`authorize`] first, the one place access is decided:
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
+use prometheus_client::registry::Registry;
 
 pub use crate::api::SPEC_HEADER;
 use crate::api::{DeploymentInfo, ErrorBody, Health, LatticeView, Rollout, Status};
@@ -110,6 +112,8 @@ struct AdminState {
     limits: AdminLimits,
     /// One permit per deploy being received or compiled.
     deploys: Arc<tokio::sync::Semaphore>,
+    /// What `GET /metrics` encodes.
+    metrics: Arc<Registry>,
 }
 
 /// The admin API's routes.
@@ -118,6 +122,7 @@ pub fn app(
     lattice: Option<Lattice>,
     access: AdminAccess,
     limits: AdminLimits,
+    metrics: Arc<Registry>,
 ) -> Router {
     let state = AdminState {
         deployments,
@@ -125,6 +130,7 @@ pub fn app(
         access: Arc::new(access),
         limits,
         deploys: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent_deploys)),
+        metrics,
     };
     Router::new()
         .route(
@@ -136,6 +142,10 @@ pub fn app(
             }),
         )
         .route("/v1/status", get(status))
+        .route(
+            "/metrics",
+            get(|State(state): State<AdminState>| async move { exposition(&state.metrics) }),
+        )
         .route("/v1/components", get(list))
         .route("/v1/lattice", get(lattice_view))
         .route(
@@ -145,10 +155,31 @@ pub fn app(
         // Deploys read their body themselves, within `max_upload_bytes`.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.access.clone(),
             authorize,
         ))
         .with_state(state)
+}
+
+/// `GET /metrics` alone, for a listener of its own (`--metrics-listen`), behind the
+/// same access check as the admin API (its own address, and the token if one is set).
+pub fn metrics_app(metrics: Arc<Registry>, access: AdminAccess) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(metrics): State<Arc<Registry>>| async move { exposition(&metrics) }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(access),
+            authorize,
+        ))
+        .with_state(metrics)
+}
+
+/// The Prometheus text exposition of `registry`.
+fn exposition(registry: &Registry) -> Response {
+    let text = crate::metrics::encode(registry);
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// Errors at the admin API's edge.
@@ -226,11 +257,10 @@ impl IntoResponse for AdminError {
 
 /// The one access check of the admin API: `Host`, `Origin`, then the token.
 async fn authorize(
-    State(state): State<AdminState>,
+    State(access): State<Arc<AdminAccess>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let access = &state.access;
     let headers = request.headers();
     let text = |name| {
         headers

@@ -17,6 +17,7 @@ use wasmtime::component::{Component, InstancePre};
 use crate::api::{Compiled, DeploymentInfo, Tier};
 use crate::capabilities::Grants;
 use crate::instance::{Entry, IdleBudget, Pre};
+use crate::metrics::CallMetrics;
 use crate::spec::{SpecError, ValidSpec};
 use crate::store_data::{CallContext, StoreData, new_store};
 
@@ -52,6 +53,8 @@ pub struct Deployment {
     pub errors: AtomicU64,
     /// Messages dropped before reaching it because its subscriptions were full (NATS).
     pub dropped_messages: AtomicU64,
+    /// Its calls by trigger and outcome, for `/metrics`; kept by a tier-up or a new spec.
+    pub calls: Arc<CallMetrics>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -171,6 +174,11 @@ impl Exports {
     /// how many.
     pub fn expire(&self, idle_for: Duration) -> usize {
         self.0.iter().map(|e| e.expire(idle_for)).sum()
+    }
+
+    /// Idle instances (kept or spare) of every export right now.
+    pub fn idle(&self) -> usize {
+        self.0.iter().map(|e| e.idle()).sum()
     }
 }
 

@@ -94,6 +94,13 @@ impl Engines {
         })
     }
 
+    /// Each engine with its name in metrics (`optimized`, `classic`, `baseline`).
+    pub fn all(&self) -> Vec<(&'static str, &TierEngine)> {
+        let mut all = vec![("optimized", &self.optimized), ("classic", &self.classic)];
+        all.extend(self.baseline.as_ref().map(|b| ("baseline", b)));
+        all
+    }
+
     /// The Cranelift engine for `wasm`: [`Engines::classic`] unless the component uses
     /// the component model's async features (which its sections declare: async lifts
     /// and lowers, streams, futures, tasks). Function bodies are not read, so this

@@ -28,6 +28,7 @@ use crate::kv::nats::NatsKv;
 use crate::lattice::Lattice;
 use crate::lattice::member::{Member, MemberConfig};
 use crate::listener::{self, ConnectionLimits, Serving};
+use crate::metrics::{HostMetrics, Scrape};
 use crate::tls::TlsFiles;
 
 /// How to start a host.
@@ -35,8 +36,11 @@ use crate::tls::TlsFiles;
 pub struct HostConfig {
     /// Where HTTP routes are served.
     pub listen: SocketAddr,
-    /// Where the admin API is served.
+    /// Where the admin API is served (with `GET /metrics`).
     pub admin_listen: SocketAddr,
+    /// A listener of its own for `GET /metrics` alone (same access rules as the admin
+    /// API); `None`: only on the admin listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// Bearer token for the admin API; required unless it listens on loopback, and the
     /// way to keep other local users out when it does.
     pub admin_token: Option<String>,
@@ -99,6 +103,7 @@ impl Default for HostConfig {
         HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            metrics_listen: None,
             admin_token: None,
             admin_hosts: Vec::new(),
             admin_origins: Vec::new(),
@@ -128,6 +133,7 @@ pub struct Host {
     stop: watch::Sender<bool>,
     http: Serving,
     admin: Serving,
+    metrics: Option<(SocketAddr, Serving)>,
     grace: Duration,
 }
 
@@ -138,6 +144,14 @@ impl Host {
             bail!(
                 "the admin API would listen on {} without a token: pass --admin-token (or set WEFT_ADMIN_TOKEN), or bind it to 127.0.0.1",
                 config.admin_listen
+            );
+        }
+        if let Some(listen) = config.metrics_listen
+            && !listen.ip().is_loopback()
+            && config.admin_token.is_none()
+        {
+            bail!(
+                "the metrics listener would listen on {listen} without a token: pass --admin-token (Prometheus sends it as `authorization: {{ credentials: TOKEN }}`), or bind it to 127.0.0.1"
             );
         }
         let tls = match &config.tls {
@@ -178,12 +192,23 @@ impl Host {
                     config.admin_listen
                 )
             })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(listen) => Some(TcpListener::bind(listen).await.with_context(|| {
+                format!("cannot listen for metrics on {listen}: is another host running there?")
+            })?),
+            None => None,
+        };
         let (http_addr, admin_addr) = (http.local_addr()?, admin.local_addr()?);
+        let mut own = vec![http_addr, admin_addr];
+        if let Some(listener) = &metrics_listener {
+            own.push(listener.local_addr()?);
+        }
+        let host_metrics = Arc::new(HostMetrics::default());
         let crate::triggers::Triggers {
             http: http_trigger,
             all: triggers,
             guest_bus: bus,
-        } = crate::triggers::all(&bus, &events, &kv);
+        } = crate::triggers::all(&bus, &events, &kv, &host_metrics);
         let deployments = Arc::new(LiveSet::new(Deployer {
             engines,
             cache: CompileCache::new(config.cache_dir),
@@ -191,9 +216,15 @@ impl Host {
                 bus,
                 kv,
                 events,
-                listeners: HostListeners::new([http_addr, admin_addr]),
+                listeners: HostListeners::new(own),
             },
             triggers,
+            metrics: host_metrics.clone(),
+        }));
+        let registry = Arc::new(crate::metrics::registry(Scrape {
+            live: Arc::downgrade(&deployments),
+            host: host_metrics,
+            nats: config.nats.as_ref().map(|n| n.stats.clone()),
         }));
         let member = match (&config.nats, config.lattice) {
             (Some(nats), Some(membership)) => {
@@ -232,18 +263,39 @@ impl Host {
             tls,
             stopped.clone(),
         );
+        let access = AdminAccess {
+            listen: admin_addr,
+            token: config.admin_token,
+            hosts: config.admin_hosts,
+            origins: config.admin_origins,
+        };
+        let metrics = match metrics_listener {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let access = AdminAccess {
+                    listen: addr,
+                    ..access.clone()
+                };
+                let app = crate::admin::metrics_app(registry.clone(), access);
+                let serving = listener::serve(
+                    listener,
+                    app,
+                    config.admin_connections,
+                    None,
+                    stopped.clone(),
+                );
+                Some((addr, serving))
+            }
+            None => None,
+        };
         let admin = listener::serve(
             admin,
             crate::admin::app(
                 deployments.clone(),
                 member.as_ref().map(|m| m.lattice().clone()),
-                AdminAccess {
-                    listen: admin_addr,
-                    token: config.admin_token,
-                    hosts: config.admin_hosts,
-                    origins: config.admin_origins,
-                },
+                access,
                 config.admin_limits,
+                registry,
             ),
             config.admin_connections,
             None,
@@ -257,8 +309,14 @@ impl Host {
             stop,
             http,
             admin,
+            metrics,
             grace: config.shutdown_grace,
         })
+    }
+
+    /// The address of the metrics listener, if the host has one of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address HTTP routes are served on.

@@ -115,6 +115,11 @@ impl IdleBudget {
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
+
+    /// Idle instances held right now, and the most the engine's pools may hold.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.held(), self.max)
+    }
 }
 
 impl<E> InstancePool<E> {

@@ -16,7 +16,7 @@
 //!   versions.
 //! - [`lattice`]: many hosts as one platform over NATS (desired state, heartbeats).
 //! - [`host`] (the running host), [`listener`] (where a connection enters, bounded
-//!   against slow clients) and [`admin`] (its API).
+//!   against slow clients) and [`admin`] (its API, with `/metrics` from [`metrics`]).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -36,6 +36,7 @@ pub mod instance;
 pub mod kv;
 pub mod lattice;
 pub mod listener;
+pub mod metrics;
 pub mod spec;
 pub mod store_data;
 pub mod tls;

@@ -187,13 +187,14 @@ impl TestComponent {
         let events: Arc<dyn weft_runtime::events::EventStore> =
             Arc::new(weft_runtime::events::embedded::EmbeddedEvents::in_memory()?);
         let kv: Arc<dyn weft_runtime::kv::KvStore> = world.clone();
+        let metrics = Arc::new(weft_runtime::metrics::HostMetrics::default());
         // A host's triggers link the component's exports, as on a host; the harness
         // calls them directly instead of through listeners and subscriptions.
         let weft_runtime::triggers::Triggers {
             all: triggers,
             guest_bus: bus,
             ..
-        } = weft_runtime::triggers::all(&bus, &events, &kv);
+        } = weft_runtime::triggers::all(&bus, &events, &kv, &metrics);
         let deployer = Deployer {
             engines: engines()?.clone(),
             cache: CompileCache::new(Some(cache_dir())),
@@ -204,6 +205,7 @@ impl TestComponent {
                 listeners: Default::default(),
             },
             triggers,
+            metrics,
         };
         let (prepare, name) = (deployer.clone(), name.to_string());
         let deployment = tokio::task::spawn_blocking(move || {

@@ -26,6 +26,58 @@ pub struct NatsConfig {
     pub creds: Option<PathBuf>,
     /// A token, for servers configured with one.
     pub token: Option<String>,
+    /// Where the connections made with these settings report their state, for
+    /// `/metrics` (shared by clones: one per host).
+    pub stats: Arc<NatsStats>,
+}
+
+/// The state of a host's NATS connections, by role.
+#[derive(Debug, Default)]
+pub struct NatsStats {
+    roles: std::sync::Mutex<std::collections::BTreeMap<&'static str, Connection>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Connection {
+    connected: bool,
+    lost: bool,
+    reconnects: u64,
+    slow_consumer_drops: u64,
+}
+
+impl NatsStats {
+    fn update(&self, role: &'static str, change: impl FnOnce(&mut Connection)) {
+        let mut roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+        change(roles.entry(role).or_default());
+    }
+
+    fn connected(&self, role: &'static str) {
+        self.update(role, |c| {
+            if c.lost {
+                c.reconnects += 1;
+            }
+            (c.connected, c.lost) = (true, false);
+        });
+    }
+
+    fn disconnected(&self, role: &'static str) {
+        self.update(role, |c| (c.connected, c.lost) = (false, true));
+    }
+
+    /// Writes the connections' states as metric families.
+    pub(crate) fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        let roles: Vec<(&'static str, bool, u64, u64)> = {
+            let roles = self.roles.lock().unwrap_or_else(|e| e.into_inner());
+            roles
+                .iter()
+                .map(|(role, c)| (*role, c.connected, c.reconnects, c.slow_consumer_drops))
+                .collect()
+        };
+        crate::metrics::encode_nats(encoder, &roles)
+    }
 }
 
 /// A bus over a NATS connection.
@@ -59,19 +111,27 @@ pub async fn connect_client(
     subscription_capacity: usize,
 ) -> Result<async_nats::Client> {
     let slow = Arc::new(SlowConsumers::default());
+    let stats = config.stats.clone();
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("weft {role}"))
         .connection_timeout(Duration::from_secs(5))
         .subscription_capacity(subscription_capacity)
         .event_callback(move |event| {
-            let slow = slow.clone();
+            let (slow, stats) = (slow.clone(), stats.clone());
             async move {
                 match event {
-                    async_nats::Event::Connected => tracing::info!("nats ({role}): connected"),
+                    async_nats::Event::Connected => {
+                        stats.connected(role);
+                        tracing::info!("nats ({role}): connected")
+                    }
                     async_nats::Event::Disconnected => {
+                        stats.disconnected(role);
                         tracing::warn!("nats ({role}): disconnected, reconnecting with backoff")
                     }
-                    async_nats::Event::SlowConsumer(_) => slow.dropped(role, subscription_capacity),
+                    async_nats::Event::SlowConsumer(_) => {
+                        stats.update(role, |c| c.slow_consumer_drops += 1);
+                        slow.dropped(role, subscription_capacity)
+                    }
                     other => tracing::info!("nats ({role}): {other}"),
                 }
             }
@@ -99,9 +159,11 @@ pub async fn connect_client(
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect();
-    options.connect(servers).await.with_context(|| {
+    let client = options.connect(servers).await.with_context(|| {
         format!("cannot connect to NATS at {url}: is nats-server running there? (omit --nats to use the embedded bus)")
-    })
+    })?;
+    config.stats.connected(role);
+    Ok(client)
 }
 
 /// Messages the messaging connection's client buffers per subscription before it drops

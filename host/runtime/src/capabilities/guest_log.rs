@@ -34,6 +34,7 @@ pub const LOG_BYTES_BURST: f64 = 1024.0 * 1024.0;
 #[derive(Debug)]
 pub struct LogBudget {
     component: Arc<str>,
+    usage: Arc<crate::metrics::Usage>,
     state: Mutex<BudgetState>,
 }
 
@@ -49,10 +50,11 @@ struct BudgetState {
 }
 
 impl LogBudget {
-    /// A full budget for `component`.
-    pub fn new(component: &str) -> Arc<LogBudget> {
+    /// A full budget for `component`, counting the lines it drops in `usage`.
+    pub fn new(component: &str, usage: Arc<crate::metrics::Usage>) -> Arc<LogBudget> {
         Arc::new(LogBudget {
             component: component.into(),
+            usage,
             state: Mutex::new(BudgetState {
                 lines: LOG_LINES_BURST,
                 bytes: LOG_BYTES_BURST,
@@ -79,6 +81,7 @@ impl LogBudget {
             if s.lines < 1.0 || s.bytes < len {
                 s.dropped_lines += 1;
                 s.dropped_bytes += len as u64;
+                self.usage.log_line_dropped();
                 return false;
             }
             s.lines -= 1.0;

@@ -12,6 +12,7 @@ use wasmtime::component::{HasData, Linker};
 
 use crate::bus::{BusError, Message, MessageBus, subject_matches};
 use crate::events::EventStore;
+use crate::metrics::{PublishKind, Usage, UseOutcome};
 use crate::spec::ValidSpec;
 use crate::spec::subject::{
     MAX_SUBJECT_BYTES, is_connection_control, reserved, valid_reply_target, valid_subject,
@@ -37,10 +38,12 @@ pub fn grant(
     spec: &ValidSpec,
     bus: Arc<dyn MessageBus>,
     events: Arc<dyn EventStore>,
+    usage: Arc<Usage>,
 ) -> MessagingGrant {
     MessagingGrant {
         bus,
         events,
+        usage,
         allowed: spec.allowed_publish.clone().into(),
         subscribed: spec
             .subscriptions
@@ -58,6 +61,8 @@ pub struct MessagingGrant {
     pub bus: Arc<dyn MessageBus>,
     /// The host's streams, for durable publishing (`weft:platform/events`).
     pub events: Arc<dyn EventStore>,
+    /// Where its publishes and requests are counted.
+    pub usage: Arc<Usage>,
     /// Subject patterns it may publish and request on.
     pub allowed: Arc<[String]>,
     /// Subject patterns it subscribes to.
@@ -207,7 +212,25 @@ impl bindings::weft::platform::events::Host for MessagingCtx {
         body: Vec<u8>,
         idempotency_id: Option<String>,
     ) -> Result<(), String> {
-        self.check_publish(&subject)?;
+        let usage = self.grant.usage.clone();
+        if let Err(denied) = self.check_publish(&subject) {
+            usage.published(PublishKind::Event, UseOutcome::Denied);
+            return Err(denied);
+        }
+        let result = self.publish_event(subject, body, idempotency_id).await;
+        usage.published(PublishKind::Event, UseOutcome::of(&result));
+        result
+    }
+}
+
+impl MessagingCtx {
+    /// A durable publish the grant allows.
+    async fn publish_event(
+        &mut self,
+        subject: String,
+        body: Vec<u8>,
+        idempotency_id: Option<String>,
+    ) -> Result<(), String> {
         if idempotency_id
             .as_ref()
             .is_some_and(|id| id.is_empty() || id.len() > 256)
@@ -231,9 +254,16 @@ impl bindings::weft::platform::events::Host for MessagingCtx {
 
 impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
     async fn publish(&mut self, msg: BrokerMessage) -> Result<(), String> {
-        self.check_publish(&msg.subject)?;
-        if let Some(reply_to) = &msg.reply_to {
-            self.check_reply_to(reply_to)?;
+        let usage = &self.grant.usage;
+        let checked = self
+            .check_publish(&msg.subject)
+            .and_then(|()| match &msg.reply_to {
+                Some(reply_to) => self.check_reply_to(reply_to),
+                None => Ok(()),
+            });
+        if let Err(denied) = checked {
+            usage.published(PublishKind::Message, UseOutcome::Denied);
+            return Err(denied);
         }
         let message = Message {
             subject: msg.subject,
@@ -241,11 +271,14 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
             headers: vec![],
             body: msg.body.into(),
         };
-        self.grant
+        let result = self
+            .grant
             .bus
             .publish(message)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        usage.published(PublishKind::Message, UseOutcome::of(&result));
+        result
     }
 
     async fn request(
@@ -254,30 +287,48 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
         body: Vec<u8>,
         timeout_ms: u32,
     ) -> Result<BrokerMessage, String> {
-        self.check_publish(&subject)?;
+        let usage = &self.grant.usage;
+        if let Err(denied) = self.check_publish(&subject) {
+            usage.requested(UseOutcome::Denied);
+            return Err(denied);
+        }
         let timeout = Duration::from_millis(u64::from(timeout_ms));
-        match self
+        let (outcome, result) = match self
             .grant
             .bus
             .request(subject.clone(), body.into(), timeout)
             .await
         {
             Ok(reply) => match reply.service_error() {
-                Some(error) => Err(format!("service error from `{subject}`: {error}")),
-                None => Ok(BrokerMessage {
-                    subject: reply.subject,
-                    body: reply.body.to_vec(),
-                    reply_to: reply.reply_to,
-                }),
+                Some(error) => (
+                    UseOutcome::Error,
+                    Err(format!("service error from `{subject}`: {error}")),
+                ),
+                None => (
+                    UseOutcome::Ok,
+                    Ok(BrokerMessage {
+                        subject: reply.subject,
+                        body: reply.body.to_vec(),
+                        reply_to: reply.reply_to,
+                    }),
+                ),
             },
-            Err(BusError::Timeout(_)) => Err(format!(
-                "timeout: no reply from `{subject}` within {timeout_ms} ms"
-            )),
-            Err(BusError::NoResponders(_)) => Err(format!(
-                "no responders: nothing is subscribed to `{subject}`"
-            )),
-            Err(e) => Err(e.to_string()),
-        }
+            Err(BusError::Timeout(_)) => (
+                UseOutcome::Timeout,
+                Err(format!(
+                    "timeout: no reply from `{subject}` within {timeout_ms} ms"
+                )),
+            ),
+            Err(BusError::NoResponders(_)) => (
+                UseOutcome::NoResponders,
+                Err(format!(
+                    "no responders: nothing is subscribed to `{subject}`"
+                )),
+            ),
+            Err(e) => (UseOutcome::Error, Err(e.to_string())),
+        };
+        usage.requested(outcome);
+        result
     }
 }
 
@@ -292,6 +343,7 @@ mod tests {
             MessagingGrant {
                 bus: Arc::new(EmbeddedBus::new()),
                 events: Arc::new(crate::events::embedded::EmbeddedEvents::in_memory().unwrap()),
+                usage: Default::default(),
                 allowed: strings(allowed),
                 subscribed: strings(subscribed),
                 component: "a".into(),

@@ -119,21 +119,31 @@ pub struct Grants {
     pub keyvalue: keyvalue::KvGrant,
     /// Configuration: its own `config` table.
     pub config: config::ConfigGrant,
+    /// What its instances did with these grants, for `/metrics`.
+    pub usage: Arc<crate::metrics::Usage>,
 }
 
 impl Grants {
     /// The grants of version `version` of component `name` under `spec`, on the host's
     /// `backends`.
     pub fn new(name: &str, version: &str, spec: &ValidSpec, backends: &Backends) -> Grants {
-        let log_budget = guest_log::LogBudget::new(name);
+        let usage = Arc::new(crate::metrics::Usage::default());
+        let log_budget = guest_log::LogBudget::new(name, usage.clone());
         Grants {
             component: name.into(),
             wasi: wasi::grant(name, spec, &log_budget),
             logging: logging::grant(name, version, &log_budget),
             outbound_http: outbound_http::grant(spec, &backends.listeners),
-            messaging: messaging::grant(name, spec, backends.bus.clone(), backends.events.clone()),
-            keyvalue: keyvalue::grant(spec, backends.kv.clone()),
+            messaging: messaging::grant(
+                name,
+                spec,
+                backends.bus.clone(),
+                backends.events.clone(),
+                usage.clone(),
+            ),
+            keyvalue: keyvalue::grant(spec, backends.kv.clone(), usage.clone()),
             config: config::grant(spec),
+            usage,
         }
     }
 }

@@ -131,7 +131,27 @@ impl LiveSet {
         spec: impl TryInto<ValidSpec, Error: Into<DeployError>>,
         wasm: bytes::Bytes,
     ) -> Result<Deployed, DeployError> {
-        let spec = spec.try_into().map_err(Into::into)?;
+        use crate::metrics::DeployOutcome;
+        let started = std::time::Instant::now();
+        let result = match spec.try_into() {
+            Ok(spec) => self.deploy_valid(name, spec, wasm).await,
+            Err(e) => Err(e.into()),
+        };
+        let outcome = match &result {
+            Ok(deployed) if deployed.changed => DeployOutcome::Changed,
+            Ok(_) => DeployOutcome::Unchanged,
+            Err(_) => DeployOutcome::Refused,
+        };
+        self.deployer.metrics.deployed(outcome, started.elapsed());
+        result
+    }
+
+    async fn deploy_valid(
+        self: &Arc<Self>,
+        name: &str,
+        spec: ValidSpec,
+        wasm: bytes::Bytes,
+    ) -> Result<Deployed, DeployError> {
         let _turn = self.turn(name).await;
         // Cheap checks first, so a bad deploy fails before a long compile.
         self.check(&self.snapshot(), name, &spec)?;
@@ -283,6 +303,11 @@ impl LiveSet {
     /// Everything live, by name.
     pub fn list(&self) -> Vec<DeploymentInfo> {
         self.snapshot().by_name.values().map(|d| d.info()).collect()
+    }
+
+    /// The host's engines.
+    pub fn engines(&self) -> &crate::engine::Engines {
+        &self.deployer.engines
     }
 
     /// The backends deployments are granted (bus and key-value store).

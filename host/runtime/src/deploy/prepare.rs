@@ -31,6 +31,8 @@ pub struct Deployer {
     pub backends: Backends,
     /// Every trigger of the host.
     pub triggers: Vec<Arc<dyn Trigger>>,
+    /// Where compiles and deploys are counted.
+    pub metrics: Arc<crate::metrics::HostMetrics>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -82,6 +84,7 @@ impl Deployer {
             }
             (None, None) => (optimized, compile(optimized, cache, wasm, &version)?),
         };
+        self.metrics.compiled(engine.tier, compiled);
         let deployed_at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -103,6 +106,7 @@ impl Deployer {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             dropped_messages: AtomicU64::new(0),
+            calls: Default::default(),
         })
     }
 
@@ -129,6 +133,7 @@ impl Deployer {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             dropped_messages: AtomicU64::new(0),
+            calls: current.calls.clone(),
         })
     }
 
@@ -137,6 +142,7 @@ impl Deployer {
     pub fn optimized(&self, current: &Deployment, wasm: &[u8]) -> Result<Deployment, DeployError> {
         let optimized = self.engines.optimized_for(wasm);
         let (component, compiled) = compile(optimized, &self.cache, wasm, &current.version)?;
+        self.metrics.compiled(Tier::Optimized, compiled);
         let pre = link(optimized, &component)?;
         let exports = self.link_exports(&pre, &current.spec, &optimized.idle_budget)?;
         let max_concurrency = current.spec.limits.max_concurrency as usize;
@@ -156,6 +162,7 @@ impl Deployer {
             requests: AtomicU64::new(current.requests.load(Ordering::Relaxed)),
             errors: AtomicU64::new(current.errors.load(Ordering::Relaxed)),
             dropped_messages: AtomicU64::new(current.dropped_messages.load(Ordering::Relaxed)),
+            calls: current.calls.clone(),
         })
     }
 

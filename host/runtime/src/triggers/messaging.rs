@@ -23,6 +23,7 @@ use crate::capabilities::messaging::DeliveryInfo;
 use crate::deployment::{DeployError, Deployment, LinkedExport};
 use crate::events::EventStore;
 use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
+use crate::metrics;
 use crate::spec::ValidSpec;
 use crate::spec::subject::{reserved, valid_reply_target};
 use crate::store_data::StoreData;
@@ -363,18 +364,54 @@ pub async fn handle(
     handle_delivery(deployment, bus, message, None).await
 }
 
-/// [`handle`] for a message that is a durable `delivery`, which the guest can read.
+/// [`handle`] for a message that is a durable `delivery` (a schedule's tick if it says
+/// so), which the guest can read.
 pub async fn handle_delivery(
     deployment: &Arc<Deployment>,
     bus: &dyn MessageBus,
     message: Message,
     delivery: Option<DeliveryInfo>,
 ) -> Outcome {
+    let trigger = match &delivery {
+        None => metrics::Trigger::Messaging,
+        Some(d)
+            if d.headers
+                .iter()
+                .any(|(k, _)| k == super::schedule::SCHEDULE) =>
+        {
+            metrics::Trigger::Schedule
+        }
+        Some(_) => metrics::Trigger::Durable,
+    };
+    handle_as(trigger, deployment, bus, message, delivery).await
+}
+
+/// [`handle_delivery`], counted in `/metrics` as called by `trigger`.
+pub(crate) async fn handle_as(
+    trigger: metrics::Trigger,
+    deployment: &Arc<Deployment>,
+    bus: &dyn MessageBus,
+    message: Message,
+    delivery: Option<DeliveryInfo>,
+) -> Outcome {
+    let recording = deployment.calls.start(trigger);
+    let (outcome, counted) = handle_counted(deployment, bus, message, delivery).await;
+    recording.finish(counted);
+    outcome
+}
+
+async fn handle_counted(
+    deployment: &Arc<Deployment>,
+    bus: &dyn MessageBus,
+    message: Message,
+    delivery: Option<DeliveryInfo>,
+) -> (Outcome, metrics::Outcome) {
     let reply_to = message.reply_to.clone();
     let Some(call) =
         Call::<GuestMessageHandlerPre<StoreData>>::begin_message(deployment, reply_to, delivery)
     else {
-        return Outcome::Failed("the component does not export wasmcloud:messaging/handler".into());
+        let missing = "the component does not export wasmcloud:messaging/handler";
+        return (Outcome::Failed(missing.into()), metrics::Outcome::Trap);
     };
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let guest_message = BrokerMessage {
@@ -383,8 +420,8 @@ pub async fn handle_delivery(
         reply_to: message.reply_to.clone(),
     };
     let mut code = "500";
-    let (error, result) = match call.run(HandleMessage(guest_message)).await {
-        Ok(Ok(())) => return Outcome::Handled,
+    let (error, result, counted) = match call.run(HandleMessage(guest_message)).await {
+        Ok(Ok(())) => return (Outcome::Handled, metrics::Outcome::Ok),
         Ok(Err(handler_error)) => {
             tracing::info!(
                 "component {} {}: handler error on `{}`: {handler_error}",
@@ -392,12 +429,14 @@ pub async fn handle_delivery(
                 deployment.version,
                 message.subject
             );
-            (handler_error.clone(), Outcome::HandlerError(handler_error))
+            let outcome = Outcome::HandlerError(handler_error.clone());
+            (handler_error, outcome, metrics::Outcome::GuestError)
         }
         Err(failure) if crate::failure::is_host_full(&failure.error) => {
             code = "503";
             let error = "the host is running as many instances as it may, retry later";
-            (error.to_string(), Outcome::Failed(error.to_string()))
+            let outcome = Outcome::Failed(error.to_string());
+            (error.to_string(), outcome, metrics::Outcome::Overload)
         }
         Err(failure) => {
             let cause = crate::failure::one_line(&failure.error);
@@ -405,7 +444,12 @@ pub async fn handle_delivery(
                 "component `{}` failed to handle the message",
                 deployment.name
             );
-            (error, Outcome::Failed(cause))
+            let counted = if crate::failure::is_deadline(&failure.error) {
+                metrics::Outcome::Deadline
+            } else {
+                metrics::Outcome::Trap
+            };
+            (error, Outcome::Failed(cause), counted)
         }
     };
     // Never into a reserved namespace: a forged `reply_to = "$KV.orders.k"` must not
@@ -427,5 +471,5 @@ pub async fn handle_delivery(
             );
         }
     }
-    result
+    (result, counted)
 }

@@ -49,10 +49,11 @@ pub fn all(
     bus: &Arc<dyn MessageBus>,
     events: &Arc<dyn crate::events::EventStore>,
     kv: &Arc<dyn crate::kv::KvStore>,
+    metrics: &Arc<crate::metrics::HostMetrics>,
 ) -> Triggers {
     let websocket = websocket::WebSocketTrigger::new(bus.clone());
     let guest_bus = websocket::LocalConnections::over(bus.clone(), websocket.clone());
-    let http = Arc::new(http::HttpTrigger::new(websocket.clone()));
+    let http = Arc::new(http::HttpTrigger::new(websocket.clone(), metrics.clone()));
     let all: Vec<Arc<dyn Trigger>> = vec![
         http.clone(),
         Arc::new(messaging::MessagingTrigger::new(

@@ -358,7 +358,8 @@ impl WebSocketTrigger {
             headers: Vec::new(),
             body,
         };
-        super::messaging::handle(&deployment, &*self.bus, message).await;
+        let websocket = crate::metrics::Trigger::Websocket;
+        super::messaging::handle_as(websocket, &deployment, &*self.bus, message, None).await;
         true
     }
 

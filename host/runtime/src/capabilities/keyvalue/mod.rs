@@ -17,7 +17,11 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
 use crate::kv::{KeyPage, KvError, KvStore};
+use crate::metrics::{KvOp, Usage, UseOutcome};
 use crate::spec::ValidSpec;
 
 mod bindings {
@@ -62,13 +66,79 @@ pub struct KvGrant {
     pub max_batch_keys: u32,
     /// Bytes of values per batch call.
     pub max_batch_bytes: u64,
+    /// Where its operations are counted.
+    pub usage: Arc<Usage>,
 }
 
-/// The key-value grant of a spec: the host's store, the spec's `buckets` and its
-/// key-value limits.
-pub fn grant(spec: &ValidSpec, store: Arc<dyn KvStore>) -> KvGrant {
+/// A grant's view of the store: every operation counted by its outcome.
+#[derive(Debug)]
+struct Counted {
+    inner: Arc<dyn KvStore>,
+    usage: Arc<Usage>,
+}
+
+impl Counted {
+    fn count<'a, T: Send + 'a>(
+        &'a self,
+        op: KvOp,
+        call: BoxFuture<'a, Result<T, KvError>>,
+    ) -> BoxFuture<'a, Result<T, KvError>> {
+        Box::pin(async move { self.usage.kv_result(op, call.await) })
+    }
+}
+
+impl KvStore for Counted {
+    fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
+        self.count(KvOp::Get, self.inner.get(bucket, key))
+    }
+
+    fn set(&self, bucket: String, key: String, value: Bytes) -> BoxFuture<'_, Result<(), KvError>> {
+        self.count(KvOp::Set, self.inner.set(bucket, key, value))
+    }
+
+    fn delete(&self, bucket: String, key: String) -> BoxFuture<'_, Result<(), KvError>> {
+        self.count(KvOp::Delete, self.inner.delete(bucket, key))
+    }
+
+    fn keys_after(
+        &self,
+        bucket: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<KeyPage, KvError>> {
+        self.count(KvOp::List, self.inner.keys_after(bucket, after, limit))
+    }
+
+    fn increment(
+        &self,
+        bucket: String,
+        key: String,
+        delta: u64,
+    ) -> BoxFuture<'_, Result<u64, KvError>> {
+        self.count(KvOp::Increment, self.inner.increment(bucket, key, delta))
+    }
+
+    fn compare_and_swap(
+        &self,
+        bucket: String,
+        key: String,
+        expected: Option<Bytes>,
+        new: Bytes,
+    ) -> BoxFuture<'_, Result<bool, KvError>> {
+        let call = self.inner.compare_and_swap(bucket, key, expected, new);
+        self.count(KvOp::CompareAndSwap, call)
+    }
+}
+
+/// The key-value grant of a spec: the host's store (each operation counted in `usage`),
+/// the spec's `buckets` and its key-value limits.
+pub fn grant(spec: &ValidSpec, store: Arc<dyn KvStore>, usage: Arc<Usage>) -> KvGrant {
     KvGrant {
-        store,
+        store: Arc::new(Counted {
+            inner: store,
+            usage: usage.clone(),
+        }),
+        usage,
         buckets: spec.buckets.clone().into(),
         max_value_bytes: spec.limits.kv_max_value_bytes,
         max_batch_keys: spec.limits.kv_max_batch_keys,
@@ -80,7 +150,14 @@ impl KvGrant {
     /// Whether the component may open `bucket`: the one check of every interface's
     /// `open`.
     pub(super) fn may_open(&self, bucket: &str) -> bool {
-        self.buckets.iter().any(|b| b == bucket)
+        let allowed = self.buckets.iter().any(|b| b == bucket);
+        let outcome = if allowed {
+            UseOutcome::Ok
+        } else {
+            UseOutcome::Denied
+        };
+        self.usage.kv(KvOp::Open, outcome);
+        allowed
     }
 
     /// The value of `key` in `bucket`.

@@ -33,6 +33,7 @@ use super::{Attachment, Trigger};
 use crate::call::{Call, Invoke};
 use crate::deployment::{DeployError, Deployment, LinkedExport, Snapshot};
 use crate::instance::{Entry, IdleBudget, InstancePool, Pre};
+use crate::metrics::{self, HostMetrics};
 use crate::spec::{ComponentSpec, ValidSpec};
 use crate::store_data::StoreData;
 
@@ -78,14 +79,20 @@ pub struct HttpTrigger {
     routes: ArcSwap<RouteTable>,
     /// Where upgrades on WebSocket routes go.
     websocket: Arc<super::websocket::WebSocketTrigger>,
+    /// Where requests no route matches are counted.
+    metrics: Arc<HostMetrics>,
 }
 
 impl HttpTrigger {
     /// A trigger with no routes yet, handing WebSocket upgrades to `websocket`.
-    pub fn new(websocket: Arc<super::websocket::WebSocketTrigger>) -> HttpTrigger {
+    pub fn new(
+        websocket: Arc<super::websocket::WebSocketTrigger>,
+        metrics: Arc<HostMetrics>,
+    ) -> HttpTrigger {
         HttpTrigger {
             routes: ArcSwap::default(),
             websocket,
+            metrics,
         }
     }
 
@@ -275,8 +282,12 @@ async fn handle(
     let routes = trigger.routes.load();
     let (deployment, websocket) = match routes.lookup(request.method(), request.uri().path()) {
         Routed::Found(route) => (route.deployment.clone(), route.websocket),
-        Routed::MethodNotAllowed(allow) => return Err(HttpError::MethodNotAllowed { allow }),
+        Routed::MethodNotAllowed(allow) => {
+            trigger.metrics.unrouted();
+            return Err(HttpError::MethodNotAllowed { allow });
+        }
         Routed::NotFound => {
+            trigger.metrics.unrouted();
             return Err(HttpError::NotFound {
                 method: request.method().clone(),
                 path: request.uri().path().into(),
@@ -288,7 +299,44 @@ async fn handle(
         return trigger.websocket.upgrade(&deployment, request).await;
     }
     deployment.requests.fetch_add(1, Ordering::Relaxed);
-    dispatch(&deployment, request).await
+    let recording = deployment.calls.start(metrics::Trigger::Http);
+    let declared = content_length(&request);
+    let result = dispatch(&deployment, request).await;
+    recording.finish(outcome(&result));
+    let sent = result
+        .as_ref()
+        .ok()
+        .and_then(|r| hyper::body::Body::size_hint(r.body()).exact());
+    deployment.calls.body_sizes(declared, sent);
+    result
+}
+
+/// A request's declared body length.
+fn content_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+}
+
+/// How a request ended, as `/metrics` counts it.
+fn outcome(result: &Result<Response, HttpError>) -> metrics::Outcome {
+    use metrics::Outcome;
+    match result {
+        Ok(response) if response.status().is_server_error() => Outcome::GuestError,
+        Ok(_) => Outcome::Ok,
+        Err(HttpError::Deadline { .. } | HttpError::ClientDeadline(_)) => Outcome::Deadline,
+        Err(HttpError::GuestFailed { .. }) => Outcome::Trap,
+        Err(HttpError::Overloaded { .. } | HttpError::HostFull) => Outcome::Overload,
+        Err(
+            HttpError::PayloadTooLarge { .. }
+            | HttpError::BadRequest(_)
+            | HttpError::Forbidden(_)
+            | HttpError::UpgradeRequired(_)
+            | HttpError::NotFound { .. }
+            | HttpError::MethodNotAllowed { .. },
+        ) => Outcome::Denied,
+    }
 }
 
 /// The fallback handler: gRPC calls get the host's errors as gRPC statuses.
@@ -318,10 +366,7 @@ pub async fn dispatch(
     request: Request,
 ) -> Result<Response, HttpError> {
     let limit = deployment.spec.limits.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = content_length(&request);
     if declared.is_some_and(|len| len > limit) {
         return Err(HttpError::PayloadTooLarge { limit });
     }
