@@ -466,6 +466,27 @@ impl<'e> Family<'e> {
     }
 }
 
+/// One family with a series per deployment of `of` (labels: component, version), each
+/// valued `value` of it.
+fn per_component(
+    encoder: &mut DescriptorEncoder,
+    of: &[(&Deployment, &str)],
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: impl Fn(&Deployment) -> u64,
+) -> std::fmt::Result {
+    let mut f = Family::new(encoder, name, help, None, kind)?;
+    for &(d, version) in of {
+        let labels: Labels<2> = [("component", &d.name), ("version", version)];
+        match kind {
+            MetricType::Counter => f.counter(&labels, value(d))?,
+            _ => f.gauge(&labels, i64::try_from(value(d)).unwrap_or(i64::MAX))?,
+        }
+    }
+    Ok(())
+}
+
 /// A deployment's version as a label: `sha256:` and the first 12 hex digits.
 fn short_version(version: &str) -> &str {
     &version[..version.len().min("sha256:".len() + 12)]
@@ -563,47 +584,33 @@ impl Collector for Scrape {
             }
         }
 
-        {
-            let mut f = Family::new(
-                &mut encoder,
-                "weft_calls_in_flight",
-                "Calls running now (permits of max_concurrency taken).",
-                None,
-                MetricType::Gauge,
-            )?;
-            for &(d, version) in &deployments {
+        per_component(
+            &mut encoder,
+            &deployments,
+            "weft_calls_in_flight",
+            "Calls running now (permits of max_concurrency taken).",
+            MetricType::Gauge,
+            |d| {
                 let max = d.spec.limits.max_concurrency as usize;
-                let running = max.saturating_sub(d.concurrency.available_permits());
-                let labels: Labels<2> = [("component", &d.name), ("version", version)];
-                f.gauge(&labels, running as i64)?;
-            }
-        }
-        {
-            let mut f = Family::new(
-                &mut encoder,
-                "weft_max_concurrency",
-                "The component's max_concurrency: calls it may run at once.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for &(d, version) in &deployments {
-                let labels: Labels<2> = [("component", &d.name), ("version", version)];
-                f.gauge(&labels, i64::from(d.spec.limits.max_concurrency))?;
-            }
-        }
-        {
-            let mut f = Family::new(
-                &mut encoder,
-                "weft_idle_instances",
-                "Instances kept or prepared as spares, waiting for a call.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for &(d, version) in &deployments {
-                let labels: Labels<2> = [("component", &d.name), ("version", version)];
-                f.gauge(&labels, d.exports.idle() as i64)?;
-            }
-        }
+                max.saturating_sub(d.concurrency.available_permits()) as u64
+            },
+        )?;
+        per_component(
+            &mut encoder,
+            &deployments,
+            "weft_max_concurrency",
+            "The component's max_concurrency: calls it may run at once.",
+            MetricType::Gauge,
+            |d| u64::from(d.spec.limits.max_concurrency),
+        )?;
+        per_component(
+            &mut encoder,
+            &deployments,
+            "weft_idle_instances",
+            "Instances kept or prepared as spares, waiting for a call.",
+            MetricType::Gauge,
+            |d| d.exports.idle() as u64,
+        )?;
         {
             let mut f = Family::new(
                 &mut encoder,
@@ -697,36 +704,27 @@ impl Collector for Scrape {
                 }
             }
         }
-        {
-            let mut f = Family::new(
-                &mut encoder,
-                "weft_guest_log_lines_dropped",
-                "Guest log lines dropped for being over the rate limit.",
-                None,
-                MetricType::Counter,
-            )?;
-            for &(d, version) in &deployments {
-                let labels: Labels<2> = [("component", &d.name), ("version", version)];
-                let n = d.grants.usage.log_lines_dropped.load(Ordering::Relaxed);
-                f.counter(&labels, n)?;
-            }
-        }
-        {
-            let mut f = Family::new(
-                &mut encoder,
-                "weft_messages_dropped",
-                "Messages dropped before reaching a component because its subscriptions were full.",
-                None,
-                MetricType::Counter,
-            )?;
-            for &(d, version) in deployments
-                .iter()
-                .filter(|(d, _)| !d.spec.subscriptions.is_empty())
-            {
-                let labels: Labels<2> = [("component", &d.name), ("version", version)];
-                f.counter(&labels, d.dropped_messages.load(Ordering::Relaxed))?;
-            }
-        }
+        per_component(
+            &mut encoder,
+            &deployments,
+            "weft_guest_log_lines_dropped",
+            "Guest log lines dropped for being over the rate limit.",
+            MetricType::Counter,
+            |d| d.grants.usage.log_lines_dropped.load(Ordering::Relaxed),
+        )?;
+        let subscribers: Vec<_> = deployments
+            .iter()
+            .copied()
+            .filter(|(d, _)| !d.spec.subscriptions.is_empty())
+            .collect();
+        per_component(
+            &mut encoder,
+            &subscribers,
+            "weft_messages_dropped",
+            "Messages dropped before reaching a component because its subscriptions were full.",
+            MetricType::Counter,
+            |d| d.dropped_messages.load(Ordering::Relaxed),
+        )?;
 
         // The host.
         let host = &self.host;
