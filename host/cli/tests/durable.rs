@@ -153,6 +153,7 @@ conformance!(
     a_poison_message_becomes_a_dead_letter_and_the_rest_flow,
     events_survive_a_host_restart,
     redeploying_under_a_stream_loses_none,
+    deliveries_waiting_behind_slow_handlers_are_not_delivered_twice,
     guests_publish_durably_once_and_only_within_their_grant,
     a_tick_missed_while_no_host_ran_fires_once_on_start,
 );
@@ -291,6 +292,33 @@ async fn redeploying_under_a_stream_loses_none(env: Env) {
         got.len(),
         got.len() - total
     );
+    env.shutdown().await;
+}
+
+/// A host pulls deliveries ahead of its handlers (on NATS, 16 per handler): with one
+/// handler of 150 ms and an ack wait of 1.5 s, 20 messages wait up to 3 s. Each must be
+/// handled once, on its first delivery: the waiting ones' ack waits are extended.
+async fn deliveries_waiting_behind_slow_handlers_are_not_delivered_twice(env: Env) {
+    let mut seen = env.watch("seen.jobs.durable").await;
+    env.deploy(durable(|s| {
+        s.max_in_flight = 1;
+        s.ack_wait_ms = 1_500;
+    }))
+    .await;
+    let total = 20;
+    for i in 0..total {
+        env.publish(&format!("slow-150-{i}")).await;
+    }
+    let got = collect(&mut seen, Duration::from_secs(30), |s| {
+        distinct_bodies(s).len() == total
+    })
+    .await;
+    assert_eq!(distinct_bodies(&got).len(), total, "all handled: {got:?}");
+    // Whatever was redelivered would arrive within another ack wait.
+    let late = collect(&mut seen, Duration::from_millis(2_000), |_| false).await;
+    let redelivered: Vec<&Seen> = got.iter().chain(&late).filter(|s| s.attempt > 1).collect();
+    assert!(redelivered.is_empty(), "delivered twice: {redelivered:?}");
+    assert_eq!(got.len() + late.len(), total, "each handled once");
     env.shutdown().await;
 }
 

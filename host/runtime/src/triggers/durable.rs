@@ -128,7 +128,7 @@ pub async fn subscribe(
         name: format!("{name}-{}", name_token(&sub.subject)),
         filter: sub.subject.clone(),
         ack_wait: Duration::from_millis(sub.ack_wait_ms),
-        max_ack_pending: sub.max_in_flight.saturating_mul(4).max(1000),
+        max_ack_pending: sub.max_in_flight.saturating_mul(32).max(1000),
     };
     let deliveries = events
         .consume(consumer, sub.max_in_flight as usize)
@@ -167,8 +167,10 @@ async fn serve(
 ) {
     let in_flight = Arc::new(Semaphore::new(max_in_flight as usize));
     let policy = Arc::new(policy);
-    while let Some(delivery) = deliveries.recv().await {
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+    // A handler's room first, then a delivery: one taken early would wait in this task's
+    // hand with nobody extending its ack wait.
+    while let Ok(permit) = in_flight.clone().acquire_owned().await {
+        let Some(delivery) = deliveries.recv().await else {
             break;
         };
         let (deployment, bus, events, policy) = (
