@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use weft::admin_client::AdminClient;
 use weft::commands;
+use weft::logs::{self, LogFormat};
 use weft_runtime::bus::nats::NatsConfig;
 use weft_runtime::{HostConfig, LatticeMembership};
 
@@ -26,6 +27,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines read: `text` for a person, `json` for one object per line (time,
+    /// level, target, component, version, message).
+    #[arg(
+        long,
+        global = true,
+        env = "WEFT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
 }
 
 // Parsed once per run: the size of `Up` does not matter.
@@ -224,29 +235,12 @@ impl AdminArgs {
     }
 }
 
-/// Log lines queued for stderr before more are dropped.
-const LOG_QUEUE_LINES: usize = 16_384;
-
 fn main() -> ExitCode {
     quiet_error_backtraces();
-    // Log lines go to stderr from a thread of their own, through a bounded queue: a
-    // stalled stderr (a full pipe, a paused terminal) drops lines, and never blocks the
-    // runtime's workers. The guard writes out what is queued when `main` returns.
-    let (log_writer, _flush_logs_on_exit) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .lossy(true)
-            .buffered_lines_limit(LOG_QUEUE_LINES)
-            .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,wasmtime_wasi_http=warn,cranelift=warn,wasmtime=warn,async_nats=warn".into()
-            }),
-        )
-        .with_writer(log_writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // Log lines go to stderr from a thread of their own; the guard writes out what is
+    // queued when `main` returns.
+    let _flush_logs_on_exit = logs::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -217,6 +217,65 @@ fn guest_logs_through_wasi_logging_on_one_line_each() {
 
 /// A guest flooding its stdout is cut off at its log budget: the lines past it are
 /// dropped and counted, and the count is logged once lines are let through again.
+/// `--log-format json`: every log line is one JSON object with its time, level, target
+/// and message; guest output and instance failures name their component (and the
+/// failure its version). The banner for a person (addresses, routes) is not a log line.
+#[test]
+fn json_logs_are_one_object_per_line_naming_the_component() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("faults.wasm"), wasm("faults")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"json\"\n[components.faults]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/f/...\" }]\n",
+    )
+    .unwrap();
+    let (mut up, http, _) = weft_up_with(dir.path(), &manifest, &["--log-format", "json"]);
+    let get = |path: &str| reqwest::blocking::get(format!("http://{http}{path}")).unwrap();
+    assert_eq!(get("/f/print").status(), 200);
+    assert_eq!(get("/f/trap").status(), 500);
+    let object = |line: String| -> serde_json::Value {
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
+    };
+    let stdout = object(up.wait_for("a line on stdout"));
+    assert_eq!(stdout["component"], "faults", "{stdout}");
+    assert_eq!(stdout["level"], "info", "{stdout}");
+    assert_eq!(stdout["target"], "weft::guest", "{stdout}");
+    assert!(
+        stdout["message"]
+            .as_str()
+            .unwrap()
+            .contains("a line on stdout"),
+        "{stdout}"
+    );
+    let trap = object(up.wait_for("instance failed"));
+    assert_eq!(trap["component"], "faults", "{trap}");
+    assert_eq!(trap["level"], "warn", "{trap}");
+    assert!(
+        trap["version"].as_str().unwrap().starts_with("sha256:"),
+        "{trap}"
+    );
+    assert!(
+        trap["message"]
+            .as_str()
+            .unwrap()
+            .contains("instance failed"),
+        "{trap}"
+    );
+    let time = trap["time"].as_str().unwrap();
+    assert!(time.parse::<jiff::Timestamp>().is_ok(), "RFC 3339: {time}");
+    let _ = up.child.kill();
+    let _ = up.child.wait();
+    let logs: Vec<&String> = up.seen.iter().filter(|l| l.starts_with('{')).collect();
+    assert!(logs.len() >= 3, "{:?}", up.seen);
+    for line in logs {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["time", "level", "target", "message"] {
+            assert!(value.get(key).is_some(), "`{key}` in {line}");
+        }
+    }
+}
+
 #[test]
 fn a_log_flood_is_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();

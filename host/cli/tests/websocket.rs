@@ -447,25 +447,3 @@ async fn two_browsers_on_two_hosts_see_each_other() {
     one.shutdown().await;
     two.shutdown().await;
 }
-
-/// `npm install` of playwright-core (no browser download), once per run, with npm's
-/// cache under target/ rather than the user's.
-fn install_playwright(dir: &std::path::Path) {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        if dir.join("node_modules/playwright-core").exists() {
-            return;
-        }
-        let status = std::process::Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--silent"])
-            .current_dir(dir)
-            .env(
-                "npm_config_cache",
-                workspace_root().join("target/npm-cache"),
-            )
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-            .status()
-            .expect("running npm install");
-        assert!(status.success(), "npm install of playwright-core failed");
-    });
-}

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 
 pub use crate::api::SPEC_HEADER;
-use crate::api::{DeploymentInfo, ErrorBody, Health, LatticeView, Rollout, Status};
+use crate::api::{DeploymentInfo, ErrorBody, FailureInfo, Health, LatticeView, Rollout, Status};
 use crate::deploy::{DeployError, LiveSet};
 use crate::lattice::{Lattice, ROLLOUT_WAIT};
 use crate::spec::ComponentSpec;
@@ -147,6 +147,8 @@ pub fn app(
             get(|State(state): State<AdminState>| async move { exposition(&state.metrics) }),
         )
         .route("/v1/components", get(list))
+        .route("/v1/failures", get(failures))
+        .route(CONSOLE, get(console))
         .route("/v1/lattice", get(lattice_view))
         .route(
             "/v1/components/{name}",
@@ -272,11 +274,23 @@ async fn authorize(
         tracing::warn!("admin API: refused a request with Host `{host}`");
         return AdminError::ForeignHost(host).into_response();
     }
+    // A page of this listener's own origin (the console) is not a foreign page.
+    let own_origin = |origin: &str| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|authority| authority.eq_ignore_ascii_case(&host))
+    };
     if let Some(origin) = text(header::ORIGIN)
         && !access.origins.contains(&origin)
+        && !own_origin(&origin)
     {
         tracing::warn!("admin API: refused a request from browser origin `{origin}`");
         return AdminError::ForeignOrigin(origin).into_response();
+    }
+    // The console's page holds no data: what it shows, it reads with the token.
+    if request.uri().path() == CONSOLE {
+        return next.run(request).await;
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -289,10 +303,54 @@ async fn authorize(
 }
 
 async fn status(State(state): State<AdminState>) -> Json<Status> {
+    let backends = state.deployments.backends();
     Json(Status {
-        messaging: state.deployments.backends().bus.describe(),
+        messaging: backends.bus.describe(),
         lattice: state.lattice.as_ref().map(|l| l.name().to_string()),
+        keyvalue: backends.kv.describe(),
+        events: backends.events.describe(),
     })
+}
+
+/// The latest failures of every live component, newest first.
+async fn failures(State(state): State<AdminState>) -> Json<Vec<FailureInfo>> {
+    let mut all: Vec<FailureInfo> = state
+        .deployments
+        .snapshot()
+        .by_name
+        .values()
+        .flat_map(|d| {
+            d.calls.recent_failures().into_iter().map(|f| FailureInfo {
+                component: d.name.clone(),
+                version: f.version,
+                at_ms: f.at_ms,
+                cause: f.cause,
+            })
+        })
+        .collect();
+    all.sort_by_key(|f| std::cmp::Reverse(f.at_ms));
+    Json(all)
+}
+
+/// Where the operator console is served.
+pub const CONSOLE: &str = "/console";
+
+/// The operator console: one static page (embedded in the binary), which reads the
+/// admin API with the token the operator gives it. The page holds no data, so
+/// [`authorize`] serves it without the token (the `Host` check still applies).
+async fn console() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("console.html"),
+    )
+        .into_response()
 }
 
 async fn list(State(state): State<AdminState>) -> Json<Vec<DeploymentInfo>> {

@@ -74,6 +74,26 @@ pub struct Status {
     /// The lattice the host is in, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lattice: Option<String>,
+    /// The key-value store: the embedded file, or the NATS URL and connection state.
+    #[serde(default)]
+    pub keyvalue: String,
+    /// The durable event streams: embedded, or JetStream and its URL.
+    #[serde(default)]
+    pub events: String,
+}
+
+/// `GET /v1/failures`: one of the latest failed calls (traps, deadlines, instances
+/// that could not start) of the live components, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailureInfo {
+    /// The component.
+    pub component: String,
+    /// Its version that failed.
+    pub version: String,
+    /// When (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    /// The failure on one line, with what the guest last wrote to stderr.
+    pub cause: String,
 }
 
 /// `GET /v1/health`.

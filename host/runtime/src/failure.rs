@@ -54,18 +54,29 @@ pub fn log(deployment: &Deployment, error: &anyhow::Error) {
     let (name, version) = (&deployment.name, &deployment.version);
     if is_host_full(error) {
         tracing::warn!(
+            component = %name,
+            version = %version,
             "component {name} {version}: no free instance slot on this host (HostConfig::max_instances): answered as overloaded"
         );
         return;
     }
     deployment.errors.fetch_add(1, Ordering::Relaxed);
-    if is_deadline(error) {
+    let cause = if is_deadline(error) {
         let ms = deployment.spec.limits.timeout_ms;
         tracing::warn!(
+            component = %name,
+            version = %version,
             "component {name} {version}: instance stopped: deadline of {ms} ms exceeded"
         );
+        format!("deadline of {ms} ms exceeded")
     } else {
         let cause = one_line(error);
-        tracing::warn!("component {name} {version}: instance failed: {cause}");
-    }
+        tracing::warn!(
+            component = %name,
+            version = %version,
+            "component {name} {version}: instance failed: {cause}"
+        );
+        cause
+    };
+    deployment.calls.failed(version, cause);
 }

@@ -15,8 +15,9 @@
 //! its version (the digest's first 12 hex digits), the trigger, the outcome and fixed
 //! operation names; never a path, a subject or a key.
 
-use std::sync::Weak;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
@@ -130,6 +131,22 @@ pub struct CallMetrics {
     seconds: [Histogram; Trigger::ALL.len()],
     request_bytes: Histogram,
     response_bytes: Histogram,
+    /// The latest failures, newest last, for the console (`GET /v1/failures`).
+    failures: Mutex<VecDeque<RecentFailure>>,
+}
+
+/// Failures kept per deployment for the console.
+pub const RECENT_FAILURES: usize = 20;
+
+/// One failed call, as the console shows it.
+#[derive(Debug, Clone)]
+pub struct RecentFailure {
+    /// The version that failed.
+    pub version: String,
+    /// When (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    /// The failure on one line, with what the guest last wrote to stderr.
+    pub cause: String,
 }
 
 impl Default for CallMetrics {
@@ -139,6 +156,7 @@ impl Default for CallMetrics {
             seconds: std::array::from_fn(|_| Histogram::new(SECONDS)),
             request_bytes: Histogram::new(BYTES),
             response_bytes: Histogram::new(BYTES),
+            failures: Mutex::new(VecDeque::with_capacity(RECENT_FAILURES)),
         }
     }
 }
@@ -173,6 +191,29 @@ impl CallMetrics {
     /// Calls of `trigger` that ended with `outcome` so far.
     pub fn calls(&self, trigger: Trigger, outcome: Outcome) -> u64 {
         self.calls[trigger as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Keeps a failure of `version` for the console (the oldest goes past
+    /// [`RECENT_FAILURES`]).
+    pub fn failed(&self, version: &str, cause: String) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() == RECENT_FAILURES {
+            failures.pop_front();
+        }
+        failures.push_back(RecentFailure {
+            version: version.to_string(),
+            at_ms,
+            cause,
+        });
+    }
+
+    /// The latest failures, oldest first.
+    pub fn recent_failures(&self) -> Vec<RecentFailure> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.iter().cloned().collect()
     }
 
     fn any(&self, trigger: Trigger) -> bool {

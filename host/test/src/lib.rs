@@ -572,6 +572,10 @@ impl MessageBus for World {
 }
 
 impl KvStore for World {
+    fn describe(&self) -> String {
+        "test world".to_string()
+    }
+
     fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
         self.record_kv("get", &bucket, &key);
         self.kv.get(bucket, key)

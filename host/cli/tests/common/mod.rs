@@ -332,3 +332,24 @@ fn spawn_weft_up(
         .to_string();
     (up, http, admin)
 }
+
+/// `npm install` of playwright-core (no browser download) in `dir`, unless it is there,
+/// with npm's cache under target/ rather than the user's.
+pub fn install_playwright(dir: &std::path::Path) {
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if dir.join("node_modules/playwright-core").exists() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(dir)
+        .env(
+            "npm_config_cache",
+            workspace_root().join("target/npm-cache"),
+        )
+        .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+        .status()
+        .expect("running npm install");
+    assert!(status.success(), "npm install of playwright-core failed");
+}

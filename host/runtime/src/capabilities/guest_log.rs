@@ -178,7 +178,7 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
         if self.log.budget.admit(text.len()) {
-            tracing::info!(target: "weft::guest", "[{}] {}: {}", self.log.component, self.log.stream, text);
+            tracing::info!(target: "weft::guest", component = %self.log.component, "[{}] {}: {}", self.log.component, self.log.stream, text);
         }
         if let Some(tail) = &self.log.tail {
             let mut lines = tail.lock().unwrap_or_else(|e| e.into_inner());

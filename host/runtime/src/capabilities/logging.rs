@@ -87,13 +87,23 @@ impl logging::Host for LoggingGrant {
         };
         let version = &*self.version;
         match level {
-            Level::Trace => tracing::trace!(target: "weft::guest", version = %version, "{line}"),
-            Level::Debug => tracing::debug!(target: "weft::guest", version = %version, "{line}"),
-            Level::Info => tracing::info!(target: "weft::guest", version = %version, "{line}"),
-            Level::Warn => tracing::warn!(target: "weft::guest", version = %version, "{line}"),
-            Level::Error => tracing::error!(target: "weft::guest", version = %version, "{line}"),
+            Level::Trace => {
+                tracing::trace!(target: "weft::guest", component = %component, version = %version, "{line}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "weft::guest", component = %component, version = %version, "{line}")
+            }
+            Level::Info => {
+                tracing::info!(target: "weft::guest", component = %component, version = %version, "{line}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "weft::guest", component = %component, version = %version, "{line}")
+            }
+            Level::Error => {
+                tracing::error!(target: "weft::guest", component = %component, version = %version, "{line}")
+            }
             Level::Critical => {
-                tracing::error!(target: "weft::guest", version = %version, "critical: {line}")
+                tracing::error!(target: "weft::guest", component = %component, version = %version, "critical: {line}")
             }
         }
     }

@@ -108,7 +108,7 @@ impl Store {
                 if self.path.is_some() {
                     self.close(&db);
                 }
-                tracing::warn!("key-value: disk error on {}: {e}", self.describe());
+                tracing::warn!("key-value: disk error on {}: {e}", self.location());
                 Err(KvError(format!(
                     "the key-value store could not write to disk ({e}); it is reopened on the next call once the disk is healthy"
                 )))
@@ -152,7 +152,7 @@ impl Store {
         }
     }
 
-    fn describe(&self) -> String {
+    fn location(&self) -> String {
         self.path
             .as_ref()
             .map_or_else(|| "memory".to_string(), |p| p.display().to_string())
@@ -185,6 +185,10 @@ fn write<T>(
 }
 
 impl KvStore for EmbeddedKv {
+    fn describe(&self) -> String {
+        format!("embedded ({})", self.store.location())
+    }
+
     fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
         self.run(move |db| Ok(read(db, &bucket, &key)?.map(Bytes::from)))
     }

@@ -31,6 +31,9 @@ pub struct KeyPage {
 
 /// A key-value backend. Both backends pass the same conformance tests.
 pub trait KvStore: Send + Sync + std::fmt::Debug {
+    /// A short description of the store, for listings (the console, `GET /v1/status`).
+    fn describe(&self) -> String;
+
     /// The value of `key`, if any.
     fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>>;
     /// Sets `key` to `value`.

@@ -142,6 +142,15 @@ pub(crate) fn decode_key(key: &str) -> String {
 }
 
 impl KvStore for NatsKv {
+    fn describe(&self) -> String {
+        let state = self.js.client().connection_state();
+        format!(
+            "JetStream KV, nats-server {} ({state:?})",
+            self.server_version
+        )
+        .to_lowercase()
+    }
+
     fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
         async move {
             self.bucket(&bucket)

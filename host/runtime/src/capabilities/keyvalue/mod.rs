@@ -88,6 +88,10 @@ impl Counted {
 }
 
 impl KvStore for Counted {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
     fn get(&self, bucket: String, key: String) -> BoxFuture<'_, Result<Option<Bytes>, KvError>> {
         self.count(KvOp::Get, self.inner.get(bucket, key))
     }
