@@ -119,6 +119,27 @@ enum Command {
         /// Largest component the host accepts, in bytes (admin uploads and lattice deploys).
         #[arg(long, value_name = "BYTES", default_value_t = weft_runtime::admin::AdminLimits::default().max_upload_bytes)]
         max_component_bytes: usize,
+        /// Send traces (OTLP over HTTP, protobuf) to this collector, e.g.
+        /// http://127.0.0.1:4318 (spans go to /v1/traces). Default: no traces.
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+        otlp_endpoint: Option<String>,
+        /// The share of new traces recorded, 0 to 1 (a call that continues a trace
+        /// follows its caller's choice).
+        #[arg(
+            long,
+            env = "OTEL_TRACES_SAMPLER_ARG",
+            value_name = "RATIO",
+            default_value_t = 1.0
+        )]
+        trace_sample: f64,
+        /// The traces' service name.
+        #[arg(
+            long,
+            env = "OTEL_SERVICE_NAME",
+            value_name = "NAME",
+            default_value = "weft"
+        )]
+        trace_service: String,
     },
     /// Deploy a component to a running host (the running version serves until it is live).
     Deploy {
@@ -297,7 +318,15 @@ async fn run(cli: Cli) -> Result<()> {
             host_id,
             labels,
             max_component_bytes,
+            otlp_endpoint,
+            trace_sample,
+            trace_service,
         } => {
+            if !(0.0..=1.0).contains(&trace_sample) {
+                anyhow::bail!(
+                    "--trace-sample {trace_sample}: give a share from 0 (none) to 1 (every trace)"
+                );
+            }
             let nats = nats.map(|url| NatsConfig {
                 url,
                 creds: nats_creds,
@@ -321,6 +350,11 @@ async fn run(cli: Cli) -> Result<()> {
                     name: lattice,
                     host_id: host_id.unwrap_or_else(|| LatticeMembership::default().host_id),
                     labels: labels.into_iter().collect(),
+                }),
+                tracing: otlp_endpoint.map(|endpoint| weft_runtime::trace::TraceConfig {
+                    endpoint,
+                    sample: trace_sample,
+                    service: trace_service,
                 }),
                 ..HostConfig::default()
             };

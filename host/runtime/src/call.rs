@@ -57,8 +57,12 @@ impl<P: Pre> Call<P> {
     /// Takes an idle instance of the deployment's export `P`, or makes a fresh store for
     /// one, and starts the next spare if the pool wants one. `reply_to`: the reply
     /// subject of the message being handled. `None` if the deployment lacks the export.
-    pub fn begin(deployment: &Arc<Deployment>, reply_to: Option<String>) -> Option<Call<P>> {
-        Call::begin_message(deployment, reply_to, None)
+    pub fn begin(
+        deployment: &Arc<Deployment>,
+        reply_to: Option<String>,
+        trace: Option<crate::trace::CallTrace>,
+    ) -> Option<Call<P>> {
+        Call::begin_message(deployment, reply_to, None, trace)
     }
 
     /// [`Call::begin`] for a message that is a durable `delivery`, which the guest can
@@ -67,12 +71,14 @@ impl<P: Pre> Call<P> {
         deployment: &Arc<Deployment>,
         reply_to: Option<String>,
         delivery: Option<crate::capabilities::messaging::DeliveryInfo>,
+        trace: Option<crate::trace::CallTrace>,
     ) -> Option<Call<P>> {
         let entry = deployment.export::<P>()?;
         let call = CallContext {
             deadline: deployment.deadline(),
             reply_to,
             delivery,
+            trace,
         };
         let deadline = call.deadline;
         let (store, warm) = match entry.pool.take() {
@@ -94,6 +100,12 @@ impl<P: Pre> Call<P> {
     /// The instance's store, to create the call's resources in before [`Call::run`].
     pub fn store_mut(&mut self) -> &mut Store<StoreData> {
         &mut self.store
+    }
+
+    /// Whether the call runs on an instance kept from an earlier call (or a spare made
+    /// ahead of time), rather than one instantiated for it.
+    pub fn is_warm(&self) -> bool {
+        self.warm.is_some()
     }
 
     /// When the call must end.
@@ -179,6 +191,7 @@ pub(crate) fn prepare_spare<P: Pre>(deployment: &Arc<Deployment>) {
             deadline: deployment.deadline(),
             reply_to: None,
             delivery: None,
+            trace: None,
         };
         let mut store = deployment.new_store(call);
         let spare = entry.pre.instantiate_async(&mut store).await.ok();

@@ -75,6 +75,8 @@ pub struct HostConfig {
     /// With NATS: the lattice to join (README, "Running many hosts"); `None`: the host
     /// is operated alone, whatever runs on the same NATS.
     pub lattice: Option<LatticeMembership>,
+    /// Where to send traces (OTLP/HTTP) and how many; `None`: no traces, at no cost.
+    pub tracing: Option<crate::trace::TraceConfig>,
 }
 
 /// Which lattice a host joins, and as whom.
@@ -119,6 +121,7 @@ impl Default for HostConfig {
             admin_connections: ConnectionLimits::ADMIN,
             admin_limits: AdminLimits::default(),
             lattice: None,
+            tracing: None,
         }
     }
 }
@@ -135,6 +138,7 @@ pub struct Host {
     admin: Serving,
     metrics: Option<(SocketAddr, Serving)>,
     grace: Duration,
+    tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 impl Host {
@@ -175,6 +179,15 @@ impl Host {
                 let events = OnBus::open(&config.data_dir.join("events.redb"))?;
                 (Arc::new(events.bus.clone()), Arc::new(kv), Arc::new(events))
             }
+        };
+        // The exporter's HTTP client blocks: made off the async workers.
+        let tracer = match config.tracing.clone() {
+            Some(trace) => Some(
+                tokio::task::spawn_blocking(move || crate::trace::Tracing::start(&trace))
+                    .await
+                    .context("starting the tracer")??,
+            ),
+            None => None,
         };
         tracing::info!("events: {}", events.describe());
         tracing::info!("messaging: {}", bus.describe());
@@ -217,6 +230,7 @@ impl Host {
                 kv,
                 events,
                 listeners: HostListeners::new(own),
+                tracing: tracer.clone(),
             },
             triggers,
             metrics: host_metrics.clone(),
@@ -311,6 +325,7 @@ impl Host {
             admin,
             metrics,
             grace: config.shutdown_grace,
+            tracing: tracer,
         })
     }
 
@@ -384,6 +399,10 @@ impl Host {
             .max(FLUSH_AT_LEAST);
         if let Err(e) = self.deployments.backends().bus.flush(within).await {
             tracing::warn!("shutdown: could not flush the message bus: {e}");
+        }
+        // The spans of what just finished, sent before the host goes.
+        if let Some(tracer) = self.tracing.take() {
+            let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod spec;
 pub mod store_data;
 pub mod tls;
+pub mod trace;
 pub mod triggers;
 
 #[cfg(test)]

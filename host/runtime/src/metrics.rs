@@ -59,7 +59,8 @@ impl Trigger {
         Trigger::Schedule,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// Its name, as labelled.
+    pub fn as_str(self) -> &'static str {
         match self {
             Trigger::Http => "http",
             Trigger::Websocket => "websocket",
@@ -100,7 +101,8 @@ impl Outcome {
         Outcome::Cancelled,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// Its name, as labelled.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::GuestError => "guest_error",

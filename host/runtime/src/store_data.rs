@@ -11,7 +11,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::config::ConfigGrant;
-use crate::capabilities::guest_log::{Tail, tail_text};
+use crate::capabilities::guest_log::{Tail, TraceCell, tail_text};
 use crate::capabilities::keyvalue::{KeyValue, KvGrant};
 use crate::capabilities::logging::LoggingGrant;
 use crate::capabilities::messaging::MessagingCtx;
@@ -31,6 +31,8 @@ pub struct StoreData {
     config: ConfigGrant,
     limits: InstanceLimits,
     stderr: Tail,
+    /// The current call's trace id, for its log lines (only while traces are on).
+    trace_id: Option<TraceCell>,
     /// When the current call must end; read by the epoch callback, moved later by the
     /// call path (a streaming response's body, a 0.3 instance's next request).
     deadline: Arc<Deadline>,
@@ -133,26 +135,35 @@ pub struct CallContext {
     pub reply_to: Option<String>,
     /// The durable delivery being handled, if it is one.
     pub delivery: Option<crate::capabilities::messaging::DeliveryInfo>,
+    /// The call's span, when traces are on: what the guest sends out continues it.
+    pub trace: Option<crate::trace::CallTrace>,
 }
 
 impl StoreData {
     fn new(grants: &Grants, memory_bytes: usize, call: CallContext) -> StoreData {
         let stderr = Tail::default();
+        let trace_id: Option<TraceCell> = grants.tracing.as_ref().map(|_| Default::default());
+        set_trace_id(&trace_id, &call.trace);
         StoreData {
             table: ResourceTable::new(),
-            wasi: grants.wasi.ctx(stderr.clone()),
+            wasi: grants.wasi.ctx(stderr.clone(), trace_id.clone()),
             http: WasiHttpCtx::new(),
-            logging: grants.logging.clone(),
-            outbound_http: grants.outbound_http.for_instance(),
+            logging: grants.logging.tracing(trace_id.clone()),
+            outbound_http: {
+                let mut policy = grants.outbound_http.for_instance();
+                policy.set_trace(call.trace.clone());
+                policy
+            },
             messaging: {
                 let mut ctx = MessagingCtx::new(grants.messaging.clone(), None);
-                ctx.set_message(call.reply_to, call.delivery);
+                ctx.set_message(call.reply_to, call.delivery, call.trace);
                 ctx
             },
             keyvalue: grants.keyvalue.clone(),
             config: grants.config.clone(),
             limits: InstanceLimits::new(memory_bytes),
             stderr,
+            trace_id,
             deadline: Deadline::at(call.deadline),
         }
     }
@@ -162,8 +173,19 @@ impl StoreData {
         let data = store.data_mut();
         // A new one: whoever held the last call's deadline cannot move this call's.
         data.deadline = Deadline::at(call.deadline);
-        data.messaging.set_message(call.reply_to, call.delivery);
+        set_trace_id(&data.trace_id, &call.trace);
+        data.outbound_http.set_trace(call.trace.clone());
+        data.messaging
+            .set_message(call.reply_to, call.delivery, call.trace);
         store.set_epoch_deadline(1);
+    }
+
+    /// The span of the call the instance serves now (a 0.3 instance's request), when
+    /// traces are on: what the guest sends out continues it, its log lines carry its id.
+    pub fn set_trace(&mut self, trace: Option<crate::trace::CallTrace>) {
+        set_trace_id(&self.trace_id, &trace);
+        self.outbound_http.set_trace(trace.clone());
+        self.messaging.set_trace(trace);
     }
 
     /// Moves the deadline of an instance serving several calls at once (a 0.3 HTTP
@@ -219,6 +241,14 @@ impl WasiHttpView for StoreData {
             table: &mut self.table,
             hooks: &mut self.outbound_http,
         }
+    }
+}
+
+/// Puts the trace id of `trace` (or none) in `cell`, if the instance has one.
+fn set_trace_id(cell: &Option<TraceCell>, trace: &Option<crate::trace::CallTrace>) {
+    if let Some(cell) = cell {
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) =
+            trace.as_ref().map(|t| t.trace_id().into());
     }
 }
 

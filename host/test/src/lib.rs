@@ -203,6 +203,7 @@ impl TestComponent {
                 kv,
                 events,
                 listeners: Default::default(),
+                tracing: None,
             },
             triggers,
             metrics,
@@ -515,9 +516,10 @@ impl MessageBus for World {
         self.bus.publish(message)
     }
 
-    fn request(
+    fn request_with(
         &self,
         subject: String,
+        headers: Vec<(String, String)>,
         body: Bytes,
         timeout: std::time::Duration,
     ) -> BoxFuture<'_, Result<Message, BusError>> {
@@ -534,7 +536,7 @@ impl MessageBus for World {
             // Not stubbed: whoever subscribes in the world answers, or nobody does.
             None => {
                 drop(stubs);
-                return self.bus.request(subject, body, timeout);
+                return self.bus.request_with(subject, headers, body, timeout);
             }
             Some((_, Stub::NoResponders)) => Err(BusError::NoResponders(subject.clone())),
             Some((_, Stub::Timeout)) => Err(BusError::Timeout(subject.clone())),

@@ -174,9 +174,10 @@ impl MessageBus for EmbeddedBus {
         .boxed()
     }
 
-    fn request(
+    fn request_with(
         &self,
         subject: String,
+        headers: Vec<(String, String)>,
         body: Bytes,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Message, BusError>> {
@@ -194,7 +195,7 @@ impl MessageBus for EmbeddedBus {
             let message = Message {
                 subject: subject.clone(),
                 reply_to: Some(inbox),
-                headers: vec![],
+                headers,
                 body,
             };
             for recipient in recipients {

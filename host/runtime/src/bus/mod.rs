@@ -114,6 +114,16 @@ pub trait MessageBus: Send + Sync + std::fmt::Debug {
         subject: String,
         body: Bytes,
         timeout: Duration,
+    ) -> BoxFuture<'_, Result<Message, BusError>> {
+        self.request_with(subject, Vec::new(), body, timeout)
+    }
+    /// [`MessageBus::request`] with headers (a trace's context, say).
+    fn request_with(
+        &self,
+        subject: String,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+        timeout: Duration,
     ) -> BoxFuture<'_, Result<Message, BusError>>;
     /// Subscribes to `subject` (wildcards allowed), sharing the load with the other
     /// members of `queue_group` if one is given. Holds at most `buffer` undelivered messages.

@@ -277,9 +277,10 @@ impl MessageBus for NatsBus {
         .boxed()
     }
 
-    fn request(
+    fn request_with(
         &self,
         subject: String,
+        headers: Vec<(String, String)>,
         body: Bytes,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Message, BusError>> {
@@ -287,9 +288,16 @@ impl MessageBus for NatsBus {
             if !valid_subject(&subject) {
                 return Err(BusError::InvalidSubject(subject));
             }
-            let request = async_nats::Request::new()
+            let mut request = async_nats::Request::new()
                 .payload(body)
                 .timeout(Some(timeout));
+            if !headers.is_empty() {
+                let mut map = async_nats::HeaderMap::new();
+                for (k, v) in &headers {
+                    map.append(k.as_str(), v.as_str());
+                }
+                request = request.headers(map);
+            }
             match self.client.send_request(subject.clone(), request).await {
                 Ok(reply) => Ok(to_message(reply)),
                 Err(e) => Err(match e.kind() {

@@ -14,6 +14,10 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+/// The trace id of the call an instance is handling, shared with its output streams so
+/// their lines carry it (set by the store per call, only while traces are on).
+pub type TraceCell = Arc<Mutex<Option<Arc<str>>>>;
+
 /// Longest line kept before it is logged anyway, so a guest cannot grow host memory.
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -120,6 +124,7 @@ pub struct GuestLog {
     budget: Arc<LogBudget>,
     stream: &'static str,
     tail: Option<Tail>,
+    trace: Option<TraceCell>,
 }
 
 impl GuestLog {
@@ -130,7 +135,14 @@ impl GuestLog {
             budget,
             stream,
             tail: None,
+            trace: None,
         }
+    }
+
+    /// The same stream, its lines carrying the trace id in `trace`.
+    pub fn tracing(mut self, trace: Option<TraceCell>) -> GuestLog {
+        self.trace = trace;
+        self
     }
 
     /// The same stream, also keeping its last lines in `tail`.
@@ -178,7 +190,20 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
         if self.log.budget.admit(text.len()) {
-            tracing::info!(target: "weft::guest", component = %self.log.component, "[{}] {}: {}", self.log.component, self.log.stream, text);
+            let trace_id = self
+                .log
+                .trace
+                .as_ref()
+                .and_then(|cell| cell.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            tracing::info!(
+                target: "weft::guest",
+                component = %self.log.component,
+                trace_id = trace_id.as_deref(),
+                "[{}] {}: {}",
+                self.log.component,
+                self.log.stream,
+                text
+            );
         }
         if let Some(tail) = &self.log.tail {
             let mut lines = tail.lock().unwrap_or_else(|e| e.into_inner());

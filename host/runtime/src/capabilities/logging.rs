@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker};
 
-use super::guest_log::{LogBudget, MAX_LINE};
+use super::guest_log::{LogBudget, MAX_LINE, TraceCell};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -29,6 +29,17 @@ pub struct LoggingGrant {
     component: Arc<str>,
     version: Arc<str>,
     budget: Arc<LogBudget>,
+    trace: Option<TraceCell>,
+}
+
+impl LoggingGrant {
+    /// The grant of one instance, its lines carrying the trace id in `trace`.
+    pub fn tracing(&self, trace: Option<TraceCell>) -> LoggingGrant {
+        LoggingGrant {
+            trace,
+            ..self.clone()
+        }
+    }
 }
 
 /// The logging grant of `version` of component `name`, drawing on its log `budget`.
@@ -37,6 +48,7 @@ pub fn grant(name: &str, version: &str, budget: &Arc<LogBudget>) -> LoggingGrant
         component: name.into(),
         version: version.into(),
         budget: budget.clone(),
+        trace: None,
     }
 }
 
@@ -86,24 +98,29 @@ impl logging::Host for LoggingGrant {
             format!("[{component}] log {context}: {message}")
         };
         let version = &*self.version;
+        let trace_id = self
+            .trace
+            .as_ref()
+            .and_then(|cell| cell.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let trace_id = trace_id.as_deref();
         match level {
             Level::Trace => {
-                tracing::trace!(target: "weft::guest", component = %component, version = %version, "{line}")
+                tracing::trace!(target: "weft::guest", component = %component, version = %version, trace_id, "{line}")
             }
             Level::Debug => {
-                tracing::debug!(target: "weft::guest", component = %component, version = %version, "{line}")
+                tracing::debug!(target: "weft::guest", component = %component, version = %version, trace_id, "{line}")
             }
             Level::Info => {
-                tracing::info!(target: "weft::guest", component = %component, version = %version, "{line}")
+                tracing::info!(target: "weft::guest", component = %component, version = %version, trace_id, "{line}")
             }
             Level::Warn => {
-                tracing::warn!(target: "weft::guest", component = %component, version = %version, "{line}")
+                tracing::warn!(target: "weft::guest", component = %component, version = %version, trace_id, "{line}")
             }
             Level::Error => {
-                tracing::error!(target: "weft::guest", component = %component, version = %version, "{line}")
+                tracing::error!(target: "weft::guest", component = %component, version = %version, trace_id, "{line}")
             }
             Level::Critical => {
-                tracing::error!(target: "weft::guest", component = %component, version = %version, "critical: {line}")
+                tracing::error!(target: "weft::guest", component = %component, version = %version, trace_id, "critical: {line}")
             }
         }
     }

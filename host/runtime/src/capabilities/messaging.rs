@@ -5,6 +5,10 @@
 //! it could publish to or subscribes to, so nobody else's reply lands where this
 //! component may not write.
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+
+use crate::trace::{CallTrace, ChildSpan};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,6 +83,8 @@ pub struct MessagingCtx {
     reply_to: Option<String>,
     /// The durable delivery being handled, if it is one.
     delivery: Option<DeliveryInfo>,
+    /// The span of the call being handled, when traces are on.
+    trace: Option<CallTrace>,
 }
 
 impl MessagingCtx {
@@ -88,14 +94,48 @@ impl MessagingCtx {
             grant,
             reply_to,
             delivery: None,
+            trace: None,
         }
     }
 
-    /// The reply subject and durable delivery of the next message a reused instance
-    /// handles.
-    pub fn set_message(&mut self, reply_to: Option<String>, delivery: Option<DeliveryInfo>) {
+    /// The reply subject, durable delivery and span of the next call a (reused)
+    /// instance handles.
+    pub fn set_message(
+        &mut self,
+        reply_to: Option<String>,
+        delivery: Option<DeliveryInfo>,
+        trace: Option<CallTrace>,
+    ) {
         self.reply_to = reply_to;
         self.delivery = delivery;
+        self.trace = trace;
+    }
+
+    /// The span of the call being handled (a 0.3 instance's request), when traces are on.
+    pub fn set_trace(&mut self, trace: Option<CallTrace>) {
+        self.trace = trace;
+    }
+
+    /// A child span of the call for an outgoing message (`publish` or `request`), if
+    /// traces are on, with its context written into `headers`.
+    fn trace_out(
+        &self,
+        kind: SpanKind,
+        operation: &str,
+        subject: &str,
+        headers: &mut Vec<(String, String)>,
+    ) -> Option<ChildSpan> {
+        let span = self.trace.as_ref()?.child(
+            kind,
+            format!("{operation} {subject}"),
+            vec![
+                KeyValue::new("messaging.system", "nats"),
+                KeyValue::new("messaging.operation.name", operation.to_string()),
+                KeyValue::new("messaging.destination.name", subject.to_string()),
+            ],
+        );
+        span.inject(headers);
+        Some(span)
     }
 
     /// Whether `subject` is the reply subject of the message being handled, and one a
@@ -237,18 +277,25 @@ impl MessagingCtx {
         {
             return Err("an idempotency id is 1 to 256 bytes".into());
         }
+        let mut headers = vec![];
+        let span = self.trace_out(SpanKind::Producer, "publish", &subject, &mut headers);
         let message = Message {
             subject,
             reply_to: None,
-            headers: vec![],
+            headers,
             body: body.into(),
         };
-        self.grant
+        let result = self
+            .grant
             .events
             .publish(message, idempotency_id)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        if let (Some(span), Err(e)) = (&span, &result) {
+            span.fail(e);
+        }
+        result
     }
 }
 
@@ -265,10 +312,12 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
             usage.published(PublishKind::Message, UseOutcome::Denied);
             return Err(denied);
         }
+        let mut headers = vec![];
+        let span = self.trace_out(SpanKind::Producer, "publish", &msg.subject, &mut headers);
         let message = Message {
             subject: msg.subject,
             reply_to: msg.reply_to,
-            headers: vec![],
+            headers,
             body: msg.body.into(),
         };
         let result = self
@@ -277,6 +326,9 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
             .publish(message)
             .await
             .map_err(|e| e.to_string());
+        if let (Some(span), Err(e)) = (&span, &result) {
+            span.fail(e);
+        }
         usage.published(PublishKind::Message, UseOutcome::of(&result));
         result
     }
@@ -293,10 +345,12 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
             return Err(denied);
         }
         let timeout = Duration::from_millis(u64::from(timeout_ms));
+        let mut headers = vec![];
+        let span = self.trace_out(SpanKind::Client, "request", &subject, &mut headers);
         let (outcome, result) = match self
             .grant
             .bus
-            .request(subject.clone(), body.into(), timeout)
+            .request_with(subject.clone(), headers, body.into(), timeout)
             .await
         {
             Ok(reply) => match reply.service_error() {
@@ -328,6 +382,9 @@ impl bindings::wasmcloud::messaging::consumer::Host for MessagingCtx {
             Err(e) => (UseOutcome::Error, Err(e.to_string())),
         };
         usage.requested(outcome);
+        if let (Some(span), Err(e)) = (&span, &result) {
+            span.fail(e);
+        }
         result
     }
 }

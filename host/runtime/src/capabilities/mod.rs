@@ -99,6 +99,8 @@ pub struct Backends {
     pub events: Arc<dyn crate::events::EventStore>,
     /// The host's own listening addresses, which no grant reaches.
     pub listeners: outbound_http::HostListeners,
+    /// The tracer, when traces are on (`HostConfig::tracing`).
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 /// Everything one deployment is granted, built once from its spec and shared by all of
@@ -121,6 +123,8 @@ pub struct Grants {
     pub config: config::ConfigGrant,
     /// What its instances did with these grants, for `/metrics`.
     pub usage: Arc<crate::metrics::Usage>,
+    /// The host's tracer, when traces are on: its triggers start a span per call.
+    pub tracing: Option<Arc<crate::trace::Tracing>>,
 }
 
 impl Grants {
@@ -144,6 +148,7 @@ impl Grants {
             keyvalue: keyvalue::grant(spec, backends.kv.clone(), usage.clone()),
             config: config::grant(spec),
             usage,
+            tracing: backends.tracing.clone(),
         }
     }
 }

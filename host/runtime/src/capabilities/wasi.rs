@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi::{WasiCtx, WasiView};
 
-use super::guest_log::{GuestLog, LogBudget, Tail};
+use super::guest_log::{GuestLog, LogBudget, Tail, TraceCell};
 use crate::spec::ValidSpec;
 
 /// What a component gets of WASI: its name (for its log lines) and its environment.
@@ -35,9 +35,12 @@ pub fn grant(name: &str, spec: &ValidSpec, log_budget: &Arc<LogBudget>) -> WasiG
 
 impl WasiGrant {
     /// A new instance's WASI context; its last stderr lines are kept in `stderr`.
-    pub fn ctx(&self, stderr: Tail) -> WasiCtx {
+    pub fn ctx(&self, stderr: Tail, trace: Option<TraceCell>) -> WasiCtx {
         let mut wasi = WasiCtx::builder();
-        let log = |stream| GuestLog::new(self.component.clone(), self.log_budget.clone(), stream);
+        let log = |stream| {
+            GuestLog::new(self.component.clone(), self.log_budget.clone(), stream)
+                .tracing(trace.clone())
+        };
         wasi.stdout(log("stdout"))
             .stderr(log("stderr").keeping_tail(stderr))
             .envs(&self.env);

@@ -3,6 +3,9 @@
 //! fresh instance (or a kept one, if the component opted into reuse), and answers a failed
 //! request with NATS service-error headers.
 
+use opentelemetry::KeyValue;
+
+use crate::trace::{CallKind, CallTrace};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -395,8 +398,35 @@ pub(crate) async fn handle_as(
     delivery: Option<DeliveryInfo>,
 ) -> Outcome {
     let recording = deployment.calls.start(trigger);
-    let (outcome, counted) = handle_counted(deployment, bus, message, delivery).await;
+    let trace = deployment.grants.tracing.as_ref().map(|tracing| {
+        let trace = tracing.call(
+            CallKind::Message,
+            format!("process {}", message.subject),
+            &deployment.name,
+            &deployment.version,
+            message
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        trace.set(KeyValue::new("messaging.system", "nats"));
+        trace.set(KeyValue::new(
+            "messaging.destination.name",
+            message.subject.clone(),
+        ));
+        trace.set(KeyValue::new("weft.trigger", trigger.as_str()));
+        trace
+    });
+    let (outcome, counted) =
+        handle_counted(deployment, bus, message, delivery, trace.clone()).await;
     recording.finish(counted);
+    if let Some(trace) = trace {
+        let error = match &outcome {
+            Outcome::Handled => None,
+            Outcome::HandlerError(e) | Outcome::Failed(e) => Some(e.as_str()),
+        };
+        trace.finish(counted.as_str(), None, error);
+    }
     outcome
 }
 
@@ -405,14 +435,21 @@ async fn handle_counted(
     bus: &dyn MessageBus,
     message: Message,
     delivery: Option<DeliveryInfo>,
+    trace: Option<CallTrace>,
 ) -> (Outcome, metrics::Outcome) {
     let reply_to = message.reply_to.clone();
-    let Some(call) =
-        Call::<GuestMessageHandlerPre<StoreData>>::begin_message(deployment, reply_to, delivery)
-    else {
+    let Some(call) = Call::<GuestMessageHandlerPre<StoreData>>::begin_message(
+        deployment,
+        reply_to,
+        delivery,
+        trace.clone(),
+    ) else {
         let missing = "the component does not export wasmcloud:messaging/handler";
         return (Outcome::Failed(missing.into()), metrics::Outcome::Trap);
     };
+    if let Some(trace) = &trace {
+        trace.instance(call.is_warm());
+    }
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let guest_message = BrokerMessage {
         subject: message.subject.clone(),

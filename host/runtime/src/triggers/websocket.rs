@@ -569,13 +569,14 @@ impl MessageBus for LocalConnections {
         .boxed()
     }
 
-    fn request(
+    fn request_with(
         &self,
         subject: String,
+        headers: Vec<(String, String)>,
         body: Bytes,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<Message, BusError>> {
-        self.bus.request(subject, body, timeout)
+        self.bus.request_with(subject, headers, body, timeout)
     }
 
     fn subscribe(

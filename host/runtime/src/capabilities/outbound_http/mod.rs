@@ -38,6 +38,7 @@ pub fn grant(spec: &ValidSpec, listeners: &HostListeners) -> OutboundPolicy {
             .filter_map(|g| OutboundGrant::parse(g).ok())
             .collect(),
         listeners: listeners.clone(),
+        trace: None,
     }
 }
 
@@ -142,6 +143,8 @@ pub struct OutboundPolicy {
     component_slots: Arc<Semaphore>,
     /// Open requests of one instance ([`PER_INSTANCE`]).
     instance_slots: Arc<Semaphore>,
+    /// The span of the call being handled, when traces are on.
+    trace: Option<crate::trace::CallTrace>,
 }
 
 impl OutboundPolicy {
@@ -152,6 +155,11 @@ impl OutboundPolicy {
             instance_slots: Arc::new(Semaphore::new(PER_INSTANCE)),
             ..self.clone()
         }
+    }
+
+    /// The span of the call the instance handles next: its requests continue it.
+    pub fn set_trace(&mut self, trace: Option<crate::trace::CallTrace>) {
+        self.trace = trace;
     }
 
     /// A slot in both the instance's and the component's count, held until the
@@ -252,8 +260,37 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> SendFuture {
         _ = fut;
         let policy = self.clone();
+        let mut request = request;
+        let span = policy.trace.as_ref().map(|trace| {
+            let span = trace.child(
+                opentelemetry::trace::SpanKind::Client,
+                request.method().to_string(),
+                vec![
+                    opentelemetry::KeyValue::new(
+                        "http.request.method",
+                        request.method().to_string(),
+                    ),
+                    opentelemetry::KeyValue::new(
+                        "server.address",
+                        request.uri().host().unwrap_or_default().to_string(),
+                    ),
+                ],
+            );
+            let mut headers = Vec::new();
+            span.inject(&mut headers);
+            for (name, value) in headers {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::try_from(name),
+                    http::HeaderValue::try_from(value),
+                ) {
+                    request.headers_mut().insert(name, value);
+                }
+            }
+            span
+        });
         Box::new(async move {
             use http_body_util::BodyExt;
+            let _span = span;
             let slot = policy.take_slot()?;
             let addrs = policy.resolve(request.uri()).await?;
             let (response, io) = send::send(request, options, addrs).await?;

@@ -6,6 +6,9 @@ pub mod grpc;
 pub mod p3;
 pub mod router;
 
+use opentelemetry::KeyValue;
+
+use crate::trace::{CallKind, CallTrace};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -280,8 +283,13 @@ async fn handle(
     request: Request,
 ) -> Result<Response, HttpError> {
     let routes = trigger.routes.load();
-    let (deployment, websocket) = match routes.lookup(request.method(), request.uri().path()) {
-        Routed::Found(route) => (route.deployment.clone(), route.websocket),
+    let (deployment, websocket, route) = match routes.lookup(request.method(), request.uri().path())
+    {
+        Routed::Found(route) => (
+            route.deployment.clone(),
+            route.websocket,
+            route.path.clone(),
+        ),
         Routed::MethodNotAllowed(allow) => {
             trigger.metrics.unrouted();
             return Err(HttpError::MethodNotAllowed { allow });
@@ -301,8 +309,31 @@ async fn handle(
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let recording = deployment.calls.start(metrics::Trigger::Http);
     let declared = content_length(&request);
-    let result = dispatch(&deployment, request).await;
-    recording.finish(outcome(&result));
+    let trace = deployment.grants.tracing.as_ref().map(|tracing| {
+        let method = request.method().as_str();
+        let headers = request.headers().iter();
+        let trace = tracing.call(
+            CallKind::Http,
+            format!("{method} {route}"),
+            &deployment.name,
+            &deployment.version,
+            headers.filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        );
+        trace.set(KeyValue::new("http.request.method", method.to_string()));
+        trace.set(KeyValue::new("http.route", route));
+        trace
+    });
+    let result = dispatch_traced(&deployment, request, trace.clone()).await;
+    let counted = outcome(&result);
+    recording.finish(counted);
+    if let Some(trace) = trace {
+        let error = result.as_ref().err().map(|e| format!("{e:?}"));
+        if let Ok(response) = &result {
+            let status = i64::from(response.status().as_u16());
+            trace.set(KeyValue::new("http.response.status_code", status));
+        }
+        trace.finish(counted.as_str(), None, error.as_deref());
+    }
     let sent = result
         .as_ref()
         .ok()
@@ -365,6 +396,15 @@ pub async fn dispatch(
     deployment: &Arc<Deployment>,
     request: Request,
 ) -> Result<Response, HttpError> {
+    dispatch_traced(deployment, request, None).await
+}
+
+/// [`dispatch`] as a call of the span `trace`, when traces are on.
+async fn dispatch_traced(
+    deployment: &Arc<Deployment>,
+    request: Request,
+    trace: Option<CallTrace>,
+) -> Result<Response, HttpError> {
     let limit = deployment.spec.limits.max_body_bytes;
     let declared = content_length(&request);
     if declared.is_some_and(|len| len > limit) {
@@ -387,16 +427,22 @@ pub async fn dispatch(
         exceeded: exceeded.clone(),
     });
     if let Some(service) = deployment.linked::<p3::ServiceExport>() {
-        return p3::dispatch(deployment, service, request, exceeded, permit, grpc).await;
+        if let Some(trace) = &trace {
+            trace.set(KeyValue::new("weft.http.handler", "wasi:http@0.3.0"));
+        }
+        return p3::dispatch(deployment, service, request, exceeded, permit, grpc, trace).await;
     }
     // A kept instance (with reuse) or a spare (without) if one is idle, else a fresh
     // store, instantiated in `run`; then the next spare, if the pool wants one.
-    let Some(mut call) = Call::<ProxyPre<StoreData>>::begin(deployment, None) else {
+    let Some(mut call) = Call::<ProxyPre<StoreData>>::begin(deployment, None, trace.clone()) else {
         return Err(HttpError::GuestFailed {
             component: deployment.name.clone(),
             cause: "the component has no HTTP handler".into(),
         });
     };
+    if let Some(trace) = &trace {
+        trace.instance(call.is_warm());
+    }
     let deadline = call.deadline();
     let shared_deadline = call.store_mut().data().deadline();
     let (sender, receiver) = tokio::sync::oneshot::channel();

@@ -18,6 +18,7 @@
 //!   stops a guest spinning in wasm at the latest request's deadline;
 //! - an idle worker ends after [`IDLE_INSTANCE_TTL`] or once its deployment is gone.
 
+use crate::trace::CallTrace;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -114,6 +115,7 @@ pub(super) async fn dispatch(
     exceeded: Arc<AtomicBool>,
     permit: OwnedSemaphorePermit,
     grpc: Option<String>,
+    trace: Option<CallTrace>,
 ) -> Result<Response, HttpError> {
     let workers = export.workers.get_or_init(|| {
         ProxyHandler::new(Workers {
@@ -124,7 +126,11 @@ pub(super) async fn dispatch(
     let (failed_tx, failed_rx) = oneshot::channel();
     let limit = deployment.spec.limits.max_body_bytes;
     let component = || deployment.name.clone();
-    match workers.handle(failed_tx, request).await {
+    let taken = Taken {
+        failed: failed_tx,
+        trace,
+    };
+    match workers.handle(taken, request).await {
         Ok(response) => {
             // As for 0.2: a body that ends at once goes out with the head, in one write.
             let (head, body) = response.into_parts();
@@ -219,6 +225,12 @@ fn with_absolute_uri<B>(request: http::Request<B>) -> http::Request<B> {
 /// Where a request is told why its worker failed, if it did while serving it.
 type Failed = oneshot::Sender<HttpError>;
 
+/// A request a worker takes: how to tell it the worker failed, and its span.
+struct Taken {
+    failed: Failed,
+    trace: Option<CallTrace>,
+}
+
 /// The response body from the guest, after what `gather` collected, holding the
 /// component's concurrency permit.
 struct Permitted {
@@ -282,6 +294,8 @@ impl HandlerState for Workers {
             deadline: deployment.deadline(),
             reply_to: None,
             delivery: None,
+            // Set per request as the worker takes it (`on_request_start`).
+            trace: None,
         };
         let (store, service) = match export.entry.pool.take() {
             Some((mut store, service, _)) => {
@@ -340,7 +354,7 @@ struct Worker {
 
 impl WorkerState for Worker {
     type StoreData = StoreData;
-    type RequestData = Failed;
+    type RequestData = Taken;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.max_requests {
@@ -355,7 +369,7 @@ impl WorkerState for Worker {
     fn on_request_start(
         &self,
         mut store: StoreContextMut<'_, StoreData>,
-        failed: Failed,
+        taken: Taken,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
         let deadline = Instant::now() + self.timeout;
@@ -363,7 +377,12 @@ impl WorkerState for Worker {
         store.data_mut().extend_deadline(deadline + self.stream);
         let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
         serving.retain(|tx| !tx.is_closed());
-        serving.push(failed);
+        serving.push(taken.failed);
+        // What the guest sends out belongs to this request's span only while it is the
+        // one request in the instance (`max_concurrent_per_instance` 1, the default):
+        // with several at once, a host call cannot tell whose it is.
+        let alone = serving.len() == 1;
+        store.data_mut().set_trace(taken.trace.filter(|_| alone));
         Box::pin(tokio::time::sleep_until(deadline.into()))
     }
 
