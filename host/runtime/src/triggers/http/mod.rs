@@ -285,11 +285,12 @@ async fn handle(
     let routes = trigger.routes.load();
     let (deployment, websocket, route) = match routes.lookup(request.method(), request.uri().path())
     {
-        Routed::Found(route) => (
-            route.deployment.clone(),
-            route.websocket,
-            route.path.clone(),
-        ),
+        Routed::Found(route) => {
+            // The route names the request's span: copied only while traces are on.
+            let traced = route.deployment.grants.tracing.is_some();
+            let path = traced.then(|| route.path.clone()).unwrap_or_default();
+            (route.deployment.clone(), route.websocket, path)
+        }
         Routed::MethodNotAllowed(allow) => {
             trigger.metrics.unrouted();
             return Err(HttpError::MethodNotAllowed { allow });
