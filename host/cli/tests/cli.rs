@@ -219,7 +219,8 @@ fn guest_logs_through_wasi_logging_on_one_line_each() {
 /// dropped and counted, and the count is logged once lines are let through again.
 /// `--log-format json`: every log line is one JSON object with its time, level, target
 /// and message; guest output and instance failures name their component (and the
-/// failure its version). The banner for a person (addresses, routes) is not a log line.
+/// failure its version), and, with traces on, the trace id of the call that wrote them.
+/// The banner for a person (addresses, routes) is not a log line.
 #[test]
 fn json_logs_are_one_object_per_line_naming_the_component() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,9 +231,19 @@ fn json_logs_are_one_object_per_line_naming_the_component() {
         "name = \"json\"\n[components.faults]\nsource = \"faults.wasm\"\nroutes = [{ path = \"/f/...\" }]\n",
     )
     .unwrap();
-    let (mut up, http, _) = weft_up_with(dir.path(), &manifest, &["--log-format", "json"]);
+    // Traces on (to a receiver that never answers): guest lines carry the trace id.
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let args = ["--log-format", "json", "--otlp-endpoint", &endpoint];
+    let (mut up, http, _) = weft_up_with(dir.path(), &manifest, &args);
     let get = |path: &str| reqwest::blocking::get(format!("http://{http}{path}")).unwrap();
-    assert_eq!(get("/f/print").status(), 200);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let print = reqwest::blocking::Client::new()
+        .get(format!("http://{http}/f/print"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .unwrap();
+    assert_eq!(print.status(), 200);
     assert_eq!(get("/f/trap").status(), 500);
     let object = |line: String| -> serde_json::Value {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
@@ -248,6 +259,7 @@ fn json_logs_are_one_object_per_line_naming_the_component() {
             .contains("a line on stdout"),
         "{stdout}"
     );
+    assert_eq!(stdout["trace_id"], trace, "the caller's trace: {stdout}");
     let trap = object(up.wait_for("instance failed"));
     assert_eq!(trap["component"], "faults", "{trap}");
     assert_eq!(trap["level"], "warn", "{trap}");

@@ -2,7 +2,8 @@
 //! receiver in this test (opentelemetry-proto's types, decoded from the protobuf the
 //! hosts send). One `POST /orders` must be one trace: the request's span on the first
 //! host, its request to inventory, inventory handling it on the second host, the publish
-//! of the order, and notifications handling that, each the child of the one before.
+//! of the order, and notifications handling that, each the child of the one before, with
+//! the key-value calls of orders and inventory under their calls.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -278,6 +279,14 @@ async fn one_order_is_one_trace_across_two_hosts_and_nats() {
         notify.parent, publish.span_id,
         "notifications' call, on the publish"
     );
+    let kv_under = |parent: &Span| {
+        spans
+            .iter()
+            .find(|s| s.name.starts_with("kv ") && s.parent == parent.span_id)
+            .unwrap_or_else(|| panic!("no key-value span under `{}`: {spans:#?}", parent.name))
+    };
+    assert_eq!(kv_under(server).attributes["db.namespace"], "orders");
+    assert_eq!(kv_under(reserve).attributes["db.namespace"], "inventory");
     assert_eq!(server.service, "weft-one");
     assert_eq!(
         reserve.service, "weft-two",

@@ -156,10 +156,13 @@ impl StoreData {
             },
             messaging: {
                 let mut ctx = MessagingCtx::new(grants.messaging.clone(), None);
-                ctx.set_message(call.reply_to, call.delivery, call.trace);
+                ctx.set_message(call.reply_to, call.delivery, call.trace.clone());
                 ctx
             },
-            keyvalue: grants.keyvalue.clone(),
+            keyvalue: KvGrant {
+                trace: call.trace.clone(),
+                ..grants.keyvalue.clone()
+            },
             config: grants.config.clone(),
             limits: InstanceLimits::new(memory_bytes),
             stderr,
@@ -175,6 +178,7 @@ impl StoreData {
         data.deadline = Deadline::at(call.deadline);
         set_trace_id(&data.trace_id, &call.trace);
         data.outbound_http.set_trace(call.trace.clone());
+        data.keyvalue.trace = call.trace.clone();
         data.messaging
             .set_message(call.reply_to, call.delivery, call.trace);
         store.set_epoch_deadline(1);
@@ -185,6 +189,7 @@ impl StoreData {
     pub fn set_trace(&mut self, trace: Option<crate::trace::CallTrace>) {
         set_trace_id(&self.trace_id, &trace);
         self.outbound_http.set_trace(trace.clone());
+        self.keyvalue.trace = trace.clone();
         self.messaging.set_trace(trace);
     }
 

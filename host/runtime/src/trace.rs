@@ -253,9 +253,10 @@ mod tests {
 
     #[test]
     fn trace_context_passes_from_incoming_to_outgoing_headers() {
+        // A port of the test's own that never answers: the exporter only fails to send.
+        let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let tracing = Tracing::start(&TraceConfig {
-            // Nothing listens there: the exporter only fails to send, later.
-            endpoint: "http://127.0.0.1:9".into(),
+            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
             sample: 1.0,
             service: "weft-test".into(),
         })
@@ -289,8 +290,9 @@ mod tests {
 
     #[test]
     fn sampling_at_zero_records_nothing_but_still_propagates() {
+        let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let tracing = Tracing::start(&TraceConfig {
-            endpoint: "http://127.0.0.1:9".into(),
+            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
             sample: 0.0,
             service: "weft-test".into(),
         })

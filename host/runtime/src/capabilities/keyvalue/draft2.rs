@@ -144,6 +144,7 @@ impl KvGrant {
     ) -> Result<bool, Error> {
         KvGrant::check_key(&key).map_err(error)?;
         self.check_value(&key, new.len()).map_err(error)?;
+        let _span = self.span("compare_and_swap", &bucket);
         self.store
             .compare_and_swap(bucket, key, expected.map(Into::into), new.into())
             .await

@@ -68,6 +68,9 @@ pub struct KvGrant {
     pub max_batch_bytes: u64,
     /// Where its operations are counted.
     pub usage: Arc<Usage>,
+    /// The span of the call its instance handles, when traces are on: each operation
+    /// is a child of it.
+    pub trace: Option<crate::trace::CallTrace>,
 }
 
 /// A grant's view of the store: every operation counted by its outcome.
@@ -147,10 +150,24 @@ pub fn grant(spec: &ValidSpec, store: Arc<dyn KvStore>, usage: Arc<Usage>) -> Kv
         max_value_bytes: spec.limits.kv_max_value_bytes,
         max_batch_keys: spec.limits.kv_max_batch_keys,
         max_batch_bytes: spec.limits.kv_max_batch_bytes,
+        trace: None,
     }
 }
 
 impl KvGrant {
+    /// A child span of the call for operation `op` on `bucket`, if traces are on.
+    fn span(&self, op: &str, bucket: &str) -> Option<crate::trace::ChildSpan> {
+        let trace = self.trace.as_ref()?;
+        Some(trace.child(
+            opentelemetry::trace::SpanKind::Client,
+            format!("kv {op} {bucket}"),
+            vec![
+                opentelemetry::KeyValue::new("db.operation.name", op.to_string()),
+                opentelemetry::KeyValue::new("db.namespace", bucket.to_string()),
+            ],
+        ))
+    }
+
     /// Whether the component may open `bucket`: the one check of every interface's
     /// `open`.
     pub(super) fn may_open(&self, bucket: &str) -> bool {
@@ -166,6 +183,7 @@ impl KvGrant {
 
     /// The value of `key` in `bucket`.
     async fn get(&self, bucket: String, key: String) -> Result<Option<Vec<u8>>, Error> {
+        let _span = self.span("get", &bucket);
         KvGrant::check_key(&key)?;
         let value = self.store.get(bucket, key).await.map_err(other)?;
         Ok(value.map(|v| v.to_vec()))
@@ -173,6 +191,7 @@ impl KvGrant {
 
     /// Sets `key` in `bucket`, within the value limit.
     async fn set(&self, bucket: String, key: String, value: Vec<u8>) -> Result<(), Error> {
+        let _span = self.span("set", &bucket);
         KvGrant::check_key(&key)?;
         self.check_value(&key, value.len())?;
         self.store
@@ -183,6 +202,7 @@ impl KvGrant {
 
     /// Removes `key` from `bucket`.
     async fn delete(&self, bucket: String, key: String) -> Result<(), Error> {
+        let _span = self.span("delete", &bucket);
         KvGrant::check_key(&key)?;
         self.store.delete(bucket, key).await.map_err(other)
     }
@@ -194,6 +214,7 @@ impl KvGrant {
         after: Option<String>,
         limit: usize,
     ) -> Result<KeyPage, Error> {
+        let _span = self.span("list", &bucket);
         self.store
             .keys_after(bucket, after, limit)
             .await
@@ -392,6 +413,7 @@ impl atomics::Host for KeyValue<'_> {
     ) -> Result<u64, Error> {
         KvGrant::check_key(&key)?;
         let name = self.bucket(&bucket)?;
+        let _span = self.grant.span("increment", &name);
         self.grant
             .store
             .increment(name, key, delta)
@@ -409,6 +431,7 @@ impl KvGrant {
         bucket: String,
         keys: Vec<String>,
     ) -> Result<Vec<(String, Option<Vec<u8>>)>, Error> {
+        let _span = self.span("get_many", &bucket);
         self.check_batch(keys.len())?;
         for key in &keys {
             KvGrant::check_key(key)?;
@@ -434,6 +457,7 @@ impl KvGrant {
         bucket: String,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
+        let _span = self.span("set_many", &bucket);
         self.check_batch(key_values.len())?;
         let mut bytes = 0u64;
         for (key, value) in &key_values {
@@ -453,6 +477,7 @@ impl KvGrant {
 
     /// Removes every key, after checking them all.
     async fn delete_many(&self, bucket: String, keys: Vec<String>) -> Result<(), Error> {
+        let _span = self.span("delete_many", &bucket);
         self.check_batch(keys.len())?;
         for key in &keys {
             KvGrant::check_key(key)?;

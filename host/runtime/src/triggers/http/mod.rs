@@ -287,8 +287,11 @@ async fn handle(
     {
         Routed::Found(route) => {
             // The route names the request's span: copied only while traces are on.
-            let traced = route.deployment.grants.tracing.is_some();
-            let path = traced.then(|| route.path.clone()).unwrap_or_default();
+            let path = if route.deployment.grants.tracing.is_some() {
+                route.path.clone()
+            } else {
+                String::new()
+            };
             (route.deployment.clone(), route.websocket, path)
         }
         Routed::MethodNotAllowed(allow) => {
