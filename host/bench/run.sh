@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 step() { echo "== bench setup: $*"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Every section but messaging, durable, lattice, grpc and websocket compares against `wasmtime serve` and
+# Every section but messaging, durable, lattice, grpc, websocket and observability compares against `wasmtime serve` and
 # runs the large guests; those need neither, nor the long wasmtime build.
 only=""
 prev=""
@@ -17,7 +17,7 @@ for arg in "$@"; do
   prev="$arg"
 done
 full=1
-if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qvE '^(messaging(-nats|-embedded)?|durable|lattice|grpc|websocket)$'; then
+if [ -n "$only" ] && ! tr ',' '\n' <<<"$only" | grep -qvE '^(messaging(-nats|-embedded)?|durable|lattice|grpc|websocket|observability)$'; then
   full=0
 fi
 

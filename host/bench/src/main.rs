@@ -21,7 +21,7 @@
 //! to target/bench), `--only SECTION,...` with sections `http` (which includes `p3`, the
 //! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `websocket`, `messaging`
 //! (or one of its halves: `messaging-nats`, `messaging-embedded`), `durable`, `lattice`,
-//! `deploy`, `density`.
+//! `deploy`, `density`, `observability` (what traces cost the hot path).
 
 mod deploy;
 mod durable;
@@ -31,6 +31,7 @@ mod lattice;
 mod load;
 mod messaging;
 mod native;
+mod observability;
 mod procs;
 mod report;
 mod tools;
@@ -136,6 +137,9 @@ fn run() -> Result<()> {
     }
     if settings.wants("websocket") {
         websocket::echo(&settings, &wasm, &mut report)?;
+    }
+    if settings.wants("observability") {
+        observability::tracing_cost(&settings, &wasm, &mut report)?;
     }
     if settings.wants("messaging") || settings.wants("messaging-nats") {
         messaging::nats(&settings, &wasm, &mut report)?;

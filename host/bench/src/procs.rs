@@ -180,6 +180,18 @@ pub fn fresh_and_reuse(
     routes: &str,
     reuse: u32,
 ) -> Result<Vec<Weft>> {
+    fresh_and_reuse_with(prefix, component, wasm, routes, reuse, &[])
+}
+
+/// [`fresh_and_reuse`] with further `weft up` arguments for both hosts.
+pub fn fresh_and_reuse_with(
+    prefix: &str,
+    component: &str,
+    wasm: &Path,
+    routes: &str,
+    reuse: u32,
+    extra: &[&str],
+) -> Result<Vec<Weft>> {
     let dir = work_dir();
     let mut hosts = Vec::new();
     for (name, requests) in [(prefix.to_string(), 1), (format!("{prefix}-reuse"), reuse)] {
@@ -192,8 +204,10 @@ pub fn fresh_and_reuse(
             ),
         )?;
         let cache = dir.join(format!("cache-{name}"));
-        let weft = weft_up(&name, &manifest, &cache, &["--cranelift-only"])
-            .with_context(|| format!("starting {name}"))?;
+        let mut args = vec!["--cranelift-only"];
+        args.extend_from_slice(extra);
+        let weft =
+            weft_up(&name, &manifest, &cache, &args).with_context(|| format!("starting {name}"))?;
         hosts.push(weft);
     }
     Ok(hosts)
