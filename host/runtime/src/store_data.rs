@@ -252,8 +252,7 @@ impl WasiHttpView for StoreData {
 /// Puts the trace id of `trace` (or none) in `cell`, if the instance has one.
 fn set_trace_id(cell: &Option<TraceCell>, trace: &Option<crate::trace::CallTrace>) {
     if let Some(cell) = cell {
-        *cell.lock().unwrap_or_else(|e| e.into_inner()) =
-            trace.as_ref().map(|t| t.trace_id().into());
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) = trace.clone();
     }
 }
 

@@ -97,15 +97,15 @@ impl Tracing {
                 CallKind::Http => SpanKind::Server,
                 CallKind::Message => SpanKind::Consumer,
             })
-            .with_attributes([
-                KeyValue::new("weft.component", component.to_string()),
-                KeyValue::new("weft.version", version.to_string()),
-            ])
             .start_with_context(&self.tracer, &parent);
-        CallTrace {
+        let call = CallTrace {
             cx: parent.with_span(span),
             tracing: self.clone(),
-        }
+        };
+        // What a span not sampled would drop is not even made.
+        call.set(|| KeyValue::new("weft.component", component.to_string()));
+        call.set(|| KeyValue::new("weft.version", version.to_string()));
+        call
     }
 
     /// Sends what is buffered and stops the exporter (host shutdown).
@@ -131,9 +131,12 @@ impl CallTrace {
 
     /// Notes how the call ended (`ok`, `trap`, ... as in the metrics), whether its
     /// instance was `warm` (reused) or fresh, and an error, and ends the span.
-    pub fn finish(&self, outcome: &str, warm: Option<bool>, error: Option<&str>) {
+    pub fn finish(&self, outcome: &'static str, warm: Option<bool>, error: Option<&str>) {
         let span = self.cx.span();
-        span.set_attribute(KeyValue::new("weft.outcome", outcome.to_string()));
+        if !span.is_recording() {
+            return;
+        }
+        span.set_attribute(KeyValue::new("weft.outcome", outcome));
         if let Some(warm) = warm {
             span.set_attribute(KeyValue::new("weft.instance.warm", warm));
         }
@@ -143,31 +146,52 @@ impl CallTrace {
         span.end();
     }
 
-    /// Adds an attribute to the call's span.
-    pub fn set(&self, attribute: KeyValue) {
-        self.cx.span().set_attribute(attribute);
+    /// Adds an attribute to the call's span, made only if the span is recorded.
+    pub fn set(&self, attribute: impl FnOnce() -> KeyValue) {
+        let span = self.cx.span();
+        if span.is_recording() {
+            span.set_attribute(attribute());
+        }
     }
 
     /// Notes whether the call's instance was reused (`warm`) or fresh.
     pub fn instance(&self, warm: bool) {
-        self.cx
-            .span()
-            .set_attribute(KeyValue::new("weft.instance.warm", warm));
+        self.set(|| KeyValue::new("weft.instance.warm", warm));
     }
 
     /// A child span for something the guest does (`publish orders.placed`), as a client
-    /// or producer, with its attributes.
-    pub fn child(&self, kind: SpanKind, name: String, attributes: Vec<KeyValue>) -> ChildSpan {
+    /// or producer, with its attributes. In a trace not sampled no span is made (nothing
+    /// would be recorded): what it writes into headers is the call's own context, which
+    /// carries the trace on, unsampled.
+    pub fn child(
+        &self,
+        kind: SpanKind,
+        name: impl FnOnce() -> String,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) -> ChildSpan {
+        if !self.cx.span().is_recording() {
+            return ChildSpan {
+                cx: self.cx.clone(),
+                tracing: self.tracing.clone(),
+                own: false,
+            };
+        }
         let tracer = &self.tracing.tracer;
         let span = tracer
-            .span_builder(name)
+            .span_builder(name())
             .with_kind(kind)
-            .with_attributes(attributes)
+            .with_attributes(attributes())
             .start_with_context(tracer, &self.cx);
         ChildSpan {
             cx: self.cx.with_span(span),
             tracing: self.tracing.clone(),
+            own: true,
         }
+    }
+
+    /// Whether the call's span is recorded (its trace sampled).
+    pub fn recording(&self) -> bool {
+        self.cx.span().is_recording()
     }
 }
 
@@ -176,6 +200,8 @@ impl CallTrace {
 pub struct ChildSpan {
     cx: Context,
     tracing: Arc<Tracing>,
+    /// Whether the span is its own (not the call's, in a trace not sampled).
+    own: bool,
 }
 
 impl ChildSpan {
@@ -192,18 +218,17 @@ impl ChildSpan {
 
     /// Marks it failed with `error`.
     pub fn fail(&self, error: &str) {
-        self.cx.span().set_status(Status::error(error.to_string()));
-    }
-
-    /// Adds an attribute.
-    pub fn set(&self, attribute: KeyValue) {
-        self.cx.span().set_attribute(attribute);
+        if self.own {
+            self.cx.span().set_status(Status::error(error.to_string()));
+        }
     }
 }
 
 impl Drop for ChildSpan {
     fn drop(&mut self) {
-        self.cx.span().end();
+        if self.own {
+            self.cx.span().end();
+        }
     }
 }
 
@@ -270,7 +295,7 @@ mod tests {
             [("TraceParent", parent)].into_iter(),
         );
         assert_eq!(call.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        let child = call.child(SpanKind::Producer, "publish a".into(), vec![]);
+        let child = call.child(SpanKind::Producer, || "publish a".into(), Vec::new);
         let mut headers = vec![("traceparent".to_string(), "forged".to_string())];
         child.inject(&mut headers);
         let written: Vec<_> = headers.iter().filter(|(k, _)| k == "traceparent").collect();
@@ -307,7 +332,7 @@ mod tests {
         assert!(!call.cx.span().span_context().is_sampled());
         assert!(!call.cx.span().is_recording(), "nothing recorded");
         let mut headers = vec![];
-        call.child(SpanKind::Producer, "publish b".into(), vec![])
+        call.child(SpanKind::Producer, || "publish b".into(), Vec::new)
             .inject(&mut headers);
         assert!(
             headers[0]

@@ -16,7 +16,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// The trace id of the call an instance is handling, shared with its output streams so
 /// their lines carry it (set by the store per call, only while traces are on).
-pub type TraceCell = Arc<Mutex<Option<Arc<str>>>>;
+/// The call's span is kept, its id written out only when a line is.
+pub type TraceCell = Arc<Mutex<Option<crate::trace::CallTrace>>>;
 
 /// Longest line kept before it is logged anyway, so a guest cannot grow host memory.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -190,11 +191,10 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end();
         if self.log.budget.admit(text.len()) {
-            let trace_id = self
-                .log
-                .trace
-                .as_ref()
-                .and_then(|cell| cell.lock().unwrap_or_else(|e| e.into_inner()).clone());
+            let trace_id = self.log.trace.as_ref().and_then(|cell| {
+                let current = cell.lock().unwrap_or_else(|e| e.into_inner());
+                current.as_ref().map(|trace| trace.trace_id())
+            });
             tracing::info!(
                 target: "weft::guest",
                 component = %self.log.component,

@@ -98,10 +98,10 @@ impl logging::Host for LoggingGrant {
             format!("[{component}] log {context}: {message}")
         };
         let version = &*self.version;
-        let trace_id = self
-            .trace
-            .as_ref()
-            .and_then(|cell| cell.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let trace_id = self.trace.as_ref().and_then(|cell| {
+            let current = cell.lock().unwrap_or_else(|e| e.into_inner());
+            current.as_ref().map(|trace| trace.trace_id())
+        });
         let trace_id = trace_id.as_deref();
         match level {
             Level::Trace => {

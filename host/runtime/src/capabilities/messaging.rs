@@ -127,12 +127,14 @@ impl MessagingCtx {
     ) -> Option<ChildSpan> {
         let span = self.trace.as_ref()?.child(
             kind,
-            format!("{operation} {subject}"),
-            vec![
-                KeyValue::new("messaging.system", "nats"),
-                KeyValue::new("messaging.operation.name", operation.to_string()),
-                KeyValue::new("messaging.destination.name", subject.to_string()),
-            ],
+            || format!("{operation} {subject}"),
+            || {
+                vec![
+                    KeyValue::new("messaging.system", "nats"),
+                    KeyValue::new("messaging.operation.name", operation.to_string()),
+                    KeyValue::new("messaging.destination.name", subject.to_string()),
+                ]
+            },
         );
         span.inject(headers);
         Some(span)

@@ -409,12 +409,9 @@ pub(crate) async fn handle_as(
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        trace.set(KeyValue::new("messaging.system", "nats"));
-        trace.set(KeyValue::new(
-            "messaging.destination.name",
-            message.subject.clone(),
-        ));
-        trace.set(KeyValue::new("weft.trigger", trigger.as_str()));
+        trace.set(|| KeyValue::new("messaging.system", "nats"));
+        trace.set(|| KeyValue::new("messaging.destination.name", message.subject.clone()));
+        trace.set(|| KeyValue::new("weft.trigger", trigger.as_str()));
         trace
     });
     let (outcome, counted) =

@@ -157,14 +157,17 @@ pub fn grant(spec: &ValidSpec, store: Arc<dyn KvStore>, usage: Arc<Usage>) -> Kv
 impl KvGrant {
     /// A child span of the call for operation `op` on `bucket`, if traces are on.
     fn span(&self, op: &str, bucket: &str) -> Option<crate::trace::ChildSpan> {
-        let trace = self.trace.as_ref()?;
+        // Nothing to carry on: in a trace not sampled, no span at all.
+        let trace = self.trace.as_ref().filter(|t| t.recording())?;
         Some(trace.child(
             opentelemetry::trace::SpanKind::Client,
-            format!("kv {op} {bucket}"),
-            vec![
-                opentelemetry::KeyValue::new("db.operation.name", op.to_string()),
-                opentelemetry::KeyValue::new("db.namespace", bucket.to_string()),
-            ],
+            || format!("kv {op} {bucket}"),
+            || {
+                vec![
+                    opentelemetry::KeyValue::new("db.operation.name", op.to_string()),
+                    opentelemetry::KeyValue::new("db.namespace", bucket.to_string()),
+                ]
+            },
         ))
     }
 

@@ -264,17 +264,19 @@ impl WasiHttpHooks for OutboundPolicy {
         let span = policy.trace.as_ref().map(|trace| {
             let span = trace.child(
                 opentelemetry::trace::SpanKind::Client,
-                request.method().to_string(),
-                vec![
-                    opentelemetry::KeyValue::new(
-                        "http.request.method",
-                        request.method().to_string(),
-                    ),
-                    opentelemetry::KeyValue::new(
-                        "server.address",
-                        request.uri().host().unwrap_or_default().to_string(),
-                    ),
-                ],
+                || request.method().to_string(),
+                || {
+                    vec![
+                        opentelemetry::KeyValue::new(
+                            "http.request.method",
+                            request.method().to_string(),
+                        ),
+                        opentelemetry::KeyValue::new(
+                            "server.address",
+                            request.uri().host().unwrap_or_default().to_string(),
+                        ),
+                    ]
+                },
             );
             let mut headers = Vec::new();
             span.inject(&mut headers);

@@ -323,8 +323,8 @@ async fn handle(
             &deployment.version,
             headers.filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
         );
-        trace.set(KeyValue::new("http.request.method", method.to_string()));
-        trace.set(KeyValue::new("http.route", route));
+        trace.set(|| KeyValue::new("http.request.method", method.to_string()));
+        trace.set(|| KeyValue::new("http.route", route));
         trace
     });
     let result = dispatch_traced(&deployment, request, trace.clone()).await;
@@ -334,7 +334,7 @@ async fn handle(
         let error = result.as_ref().err().map(|e| format!("{e:?}"));
         if let Ok(response) = &result {
             let status = i64::from(response.status().as_u16());
-            trace.set(KeyValue::new("http.response.status_code", status));
+            trace.set(|| KeyValue::new("http.response.status_code", status));
         }
         trace.finish(counted.as_str(), None, error.as_deref());
     }
@@ -432,7 +432,7 @@ async fn dispatch_traced(
     });
     if let Some(service) = deployment.linked::<p3::ServiceExport>() {
         if let Some(trace) = &trace {
-            trace.set(KeyValue::new("weft.http.handler", "wasi:http@0.3.0"));
+            trace.set(|| KeyValue::new("weft.http.handler", "wasi:http@0.3.0"));
         }
         return p3::dispatch(deployment, service, request, exceeded, permit, grpc, trace).await;
     }
