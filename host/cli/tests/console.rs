@@ -37,6 +37,18 @@ fn the_console_shows_counts_failures_and_undeploys_in_a_browser() {
     assert!(page.text().unwrap().contains("weft console"));
     let data = reqwest::blocking::get(format!("{admin}/v1/failures")).unwrap();
     assert_eq!(data.status(), 401, "the console's data needs the token");
+    // The console's own origin passes the admin API's Origin check; another page's does not.
+    let from = |origin: &str| {
+        reqwest::blocking::Client::new()
+            .get(format!("{admin}/v1/components"))
+            .bearer_auth(TOKEN)
+            .header("origin", origin)
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(from(&admin), 200, "the console's own origin");
+    assert_eq!(from("http://evil.example"), 403, "a foreign page");
 
     let screenshot = std::env::var_os("WEFT_CONSOLE_SCREENSHOT")
         .map(std::path::PathBuf::from)
