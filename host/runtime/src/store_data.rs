@@ -143,32 +143,26 @@ impl StoreData {
     fn new(grants: &Grants, memory_bytes: usize, call: CallContext) -> StoreData {
         let stderr = Tail::default();
         let trace_id: Option<TraceCell> = grants.tracing.as_ref().map(|_| Default::default());
-        set_trace_id(&trace_id, &call.trace);
-        StoreData {
+        let mut data = StoreData {
             table: ResourceTable::new(),
             wasi: grants.wasi.ctx(stderr.clone(), trace_id.clone()),
             http: WasiHttpCtx::new(),
             logging: grants.logging.tracing(trace_id.clone()),
-            outbound_http: {
-                let mut policy = grants.outbound_http.for_instance();
-                policy.set_trace(call.trace.clone());
-                policy
-            },
+            outbound_http: grants.outbound_http.for_instance(),
             messaging: {
                 let mut ctx = MessagingCtx::new(grants.messaging.clone(), None);
-                ctx.set_message(call.reply_to, call.delivery, call.trace.clone());
+                ctx.set_message(call.reply_to, call.delivery);
                 ctx
             },
-            keyvalue: KvGrant {
-                trace: call.trace.clone(),
-                ..grants.keyvalue.clone()
-            },
+            keyvalue: grants.keyvalue.clone(),
             config: grants.config.clone(),
             limits: InstanceLimits::new(memory_bytes),
             stderr,
             trace_id,
             deadline: Deadline::at(call.deadline),
-        }
+        };
+        data.set_trace(call.trace);
+        data
     }
 
     /// Prepares a kept instance for its next call.
@@ -176,16 +170,14 @@ impl StoreData {
         let data = store.data_mut();
         // A new one: whoever held the last call's deadline cannot move this call's.
         data.deadline = Deadline::at(call.deadline);
-        set_trace_id(&data.trace_id, &call.trace);
-        data.outbound_http.set_trace(call.trace.clone());
-        data.keyvalue.trace = call.trace.clone();
-        data.messaging
-            .set_message(call.reply_to, call.delivery, call.trace);
+        data.messaging.set_message(call.reply_to, call.delivery);
+        data.set_trace(call.trace);
         store.set_epoch_deadline(1);
     }
 
-    /// The span of the call the instance serves now (a 0.3 instance's request), when
-    /// traces are on: what the guest sends out continues it, its log lines carry its id.
+    /// The span of the call the instance serves now, when traces are on: what the guest
+    /// sends out continues it, its log lines carry its id. Set for each call (a 0.3
+    /// instance's per request).
     pub fn set_trace(&mut self, trace: Option<crate::trace::CallTrace>) {
         set_trace_id(&self.trace_id, &trace);
         self.outbound_http.set_trace(trace.clone());

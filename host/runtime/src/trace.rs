@@ -129,17 +129,14 @@ impl CallTrace {
         self.cx.span().span_context().trace_id().to_string()
     }
 
-    /// Notes how the call ended (`ok`, `trap`, ... as in the metrics), whether its
-    /// instance was `warm` (reused) or fresh, and an error, and ends the span.
-    pub fn finish(&self, outcome: &'static str, warm: Option<bool>, error: Option<&str>) {
+    /// Notes how the call ended (`ok`, `trap`, ... as in the metrics) and its error, and
+    /// ends the span.
+    pub fn finish(&self, outcome: &'static str, error: Option<&str>) {
         let span = self.cx.span();
         if !span.is_recording() {
             return;
         }
         span.set_attribute(KeyValue::new("weft.outcome", outcome));
-        if let Some(warm) = warm {
-            span.set_attribute(KeyValue::new("weft.instance.warm", warm));
-        }
         if let Some(error) = error {
             span.set_status(Status::error(error.to_string()));
         }
@@ -309,7 +306,7 @@ mod tests {
         );
         assert!(!written[0].1.contains("00f067aa0ba902b7"));
         drop(child);
-        call.finish("ok", Some(false), None);
+        call.finish("ok", None);
         tracing.shutdown();
     }
 

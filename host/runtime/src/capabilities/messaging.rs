@@ -98,20 +98,14 @@ impl MessagingCtx {
         }
     }
 
-    /// The reply subject, durable delivery and span of the next call a (reused)
-    /// instance handles.
-    pub fn set_message(
-        &mut self,
-        reply_to: Option<String>,
-        delivery: Option<DeliveryInfo>,
-        trace: Option<CallTrace>,
-    ) {
+    /// The reply subject and durable delivery of the next message a (reused) instance
+    /// handles.
+    pub fn set_message(&mut self, reply_to: Option<String>, delivery: Option<DeliveryInfo>) {
         self.reply_to = reply_to;
         self.delivery = delivery;
-        self.trace = trace;
     }
 
-    /// The span of the call being handled (a 0.3 instance's request), when traces are on.
+    /// The span of the call being handled, when traces are on.
     pub fn set_trace(&mut self, trace: Option<CallTrace>) {
         self.trace = trace;
     }

@@ -422,7 +422,7 @@ pub(crate) async fn handle_as(
             Outcome::Handled => None,
             Outcome::HandlerError(e) | Outcome::Failed(e) => Some(e.as_str()),
         };
-        trace.finish(counted.as_str(), None, error);
+        trace.finish(counted.as_str(), error);
     }
     outcome
 }

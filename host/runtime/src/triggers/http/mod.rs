@@ -336,7 +336,7 @@ async fn handle(
             let status = i64::from(response.status().as_u16());
             trace.set(|| KeyValue::new("http.response.status_code", status));
         }
-        trace.finish(counted.as_str(), None, error.as_deref());
+        trace.finish(counted.as_str(), error.as_deref());
     }
     let sent = result
         .as_ref()
