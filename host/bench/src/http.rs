@@ -75,7 +75,11 @@ pub fn interleave_with(
     }
     let mut runs: Vec<Vec<Load>> = contestants.iter().map(|_| Vec::new()).collect();
     for round in 1..=settings.rounds {
-        for (c, runs) in contestants.iter().zip(&mut runs) {
+        // Each round starts one contestant later, so none always runs first or last
+        // (this machine's speed drifts within a round).
+        let n = contestants.len();
+        for i in (0..n).map(|k| (k + round - 1) % n) {
+            let (c, runs) = (&contestants[i], &mut runs[i]);
             let l = measure(&c.url, settings.secs)?;
             println!(
                 "    round {round}: {:<24} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms{}",

@@ -58,6 +58,9 @@ enum Command {
         /// admin API's access rules (the admin token, when set).
         #[arg(long, env = "WEFT_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Do not count or time components' calls, and serve no `GET /metrics`.
+        #[arg(long, conflicts_with = "metrics_listen")]
+        no_metrics: bool,
         /// Bearer token for the admin API (required when it is not on loopback; on
         /// loopback, it keeps other local users out).
         #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
@@ -300,6 +303,7 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             admin,
             metrics_listen,
+            no_metrics,
             admin_token,
             admin_hosts,
             admin_origins,
@@ -337,6 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
                 listen,
                 admin_listen: admin,
                 metrics_listen,
+                metrics: !no_metrics,
                 admin_token,
                 admin_hosts,
                 admin_origins,

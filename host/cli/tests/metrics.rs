@@ -243,6 +243,65 @@ async fn calls_are_counted_by_trigger_and_outcome() {
     host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_with_metrics_off_counts_nothing_and_serves_no_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Host::start(weft_runtime::HostConfig {
+        metrics: false,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..host_config(dir.path())
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("metrics are off (--no-metrics)"),
+        "{refused:#}"
+    );
+
+    let host = start_host_with(dir.path(), |config| {
+        config.admin_token = Some(TOKEN.into());
+        config.metrics = false;
+    })
+    .await;
+    deploy(&host, "hello", "hello", routes(&["/hello/..."])).await;
+    deploy(&host, "faults", "faults", routes(&["/f/..."])).await;
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        let hello = client.get(url(&host, "/hello/a")).send().await.unwrap();
+        assert_eq!(hello.status(), 200);
+    }
+    let trap = client.get(url(&host, "/f/trap")).send().await.unwrap();
+    assert_eq!(trap.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    let metrics = client
+        .get(admin_url(&host, "/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::NOT_FOUND);
+    let body = metrics.text().await.unwrap();
+    assert!(body.contains("started with --no-metrics"), "{body}");
+    let live = host.deployments().snapshot();
+    let (http, ok) = (
+        weft_runtime::metrics::Trigger::Http,
+        weft_runtime::metrics::Outcome::Ok,
+    );
+    assert_eq!(live.by_name["hello"].calls.calls(http, ok), 0);
+    // The console still lists the latest failures.
+    let failures = client
+        .get(admin_url(&host, "/v1/failures"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(failures.contains("deliberate trap"), "{failures}");
+    host.shutdown().await;
+}
+
 /// A `prometheus` server of our own, scraping one target every second with the token.
 struct Prometheus {
     child: Child,

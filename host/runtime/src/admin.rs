@@ -112,8 +112,8 @@ struct AdminState {
     limits: AdminLimits,
     /// One permit per deploy being received or compiled.
     deploys: Arc<tokio::sync::Semaphore>,
-    /// What `GET /metrics` encodes.
-    metrics: Arc<Registry>,
+    /// What `GET /metrics` encodes; `None`: metrics are off.
+    metrics: Option<Arc<Registry>>,
 }
 
 /// The admin API's routes.
@@ -122,7 +122,7 @@ pub fn app(
     lattice: Option<Lattice>,
     access: AdminAccess,
     limits: AdminLimits,
-    metrics: Arc<Registry>,
+    metrics: Option<Arc<Registry>>,
 ) -> Router {
     let state = AdminState {
         deployments,
@@ -144,7 +144,12 @@ pub fn app(
         .route("/v1/status", get(status))
         .route(
             "/metrics",
-            get(|State(state): State<AdminState>| async move { exposition(&state.metrics) }),
+            get(|State(state): State<AdminState>| async move {
+                match &state.metrics {
+                    Some(registry) => exposition(registry),
+                    None => AdminError::MetricsOff.into_response(),
+                }
+            }),
         )
         .route("/v1/components", get(list))
         .route("/v1/failures", get(failures))
@@ -224,6 +229,9 @@ pub enum AdminError {
     /// The host is not in a lattice.
     #[error("this host is not in a lattice: start hosts with `--nats URL` to run them as one")]
     NoLattice,
+    /// The host was started with metrics off.
+    #[error("metrics are off on this host: it was started with --no-metrics")]
+    MetricsOff,
     /// The lattice's buckets could not be read or written.
     #[error("lattice: {0}")]
     Lattice(String),
@@ -241,7 +249,7 @@ impl IntoResponse for AdminError {
             AdminError::Deploy(DeployError::RouteConflict(_)) => StatusCode::CONFLICT,
             AdminError::Deploy(DeployError::Storage(_)) => StatusCode::INSUFFICIENT_STORAGE,
             AdminError::Deploy(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AdminError::NoLattice => StatusCode::NOT_FOUND,
+            AdminError::NoLattice | AdminError::MetricsOff => StatusCode::NOT_FOUND,
             AdminError::Lattice(_) => StatusCode::BAD_GATEWAY,
         };
         let body = ErrorBody {

@@ -41,6 +41,9 @@ pub struct HostConfig {
     /// A listener of its own for `GET /metrics` alone (same access rules as the admin
     /// API); `None`: only on the admin listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Count and time components' calls and serve `GET /metrics` (default); `false`:
+    /// neither (`weft up --no-metrics`).
+    pub metrics: bool,
     /// Bearer token for the admin API; required unless it listens on loopback, and the
     /// way to keep other local users out when it does.
     pub admin_token: Option<String>,
@@ -106,6 +109,7 @@ impl Default for HostConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             metrics_listen: None,
+            metrics: true,
             admin_token: None,
             admin_hosts: Vec::new(),
             admin_origins: Vec::new(),
@@ -148,6 +152,11 @@ impl Host {
             bail!(
                 "the admin API would listen on {} without a token: pass --admin-token (or set WEFT_ADMIN_TOKEN), or bind it to 127.0.0.1",
                 config.admin_listen
+            );
+        }
+        if let (Some(listen), false) = (config.metrics_listen, config.metrics) {
+            bail!(
+                "--metrics-listen {listen} asks for a metrics listener, but metrics are off (--no-metrics): leave one of the two out"
             );
         }
         if let Some(listen) = config.metrics_listen
@@ -216,7 +225,7 @@ impl Host {
         if let Some(listener) = &metrics_listener {
             own.push(listener.local_addr()?);
         }
-        let host_metrics = Arc::new(HostMetrics::default());
+        let host_metrics = Arc::new(HostMetrics::new(config.metrics));
         let crate::triggers::Triggers {
             http: http_trigger,
             all: triggers,
@@ -309,7 +318,7 @@ impl Host {
                 member.as_ref().map(|m| m.lattice().clone()),
                 access,
                 config.admin_limits,
-                registry,
+                config.metrics.then_some(registry),
             ),
             config.admin_connections,
             None,

@@ -129,6 +129,9 @@ const BYTES: [f64; 10] = [
 /// change makes (so its counts carry over), replaced by a deploy of new code.
 #[derive(Debug)]
 pub struct CallMetrics {
+    /// Whether calls are counted and timed (`HostConfig::metrics`); failures are kept
+    /// for the console either way.
+    on: bool,
     calls: [[AtomicU64; Outcome::ALL.len()]; Trigger::ALL.len()],
     seconds: [Histogram; Trigger::ALL.len()],
     request_bytes: Histogram,
@@ -153,7 +156,15 @@ pub struct RecentFailure {
 
 impl Default for CallMetrics {
     fn default() -> Self {
+        CallMetrics::new(true)
+    }
+}
+
+impl CallMetrics {
+    /// Counts and times calls when `on`; otherwise only keeps failures.
+    pub fn new(on: bool) -> Self {
         CallMetrics {
+            on,
             calls: Default::default(),
             seconds: std::array::from_fn(|_| Histogram::new(SECONDS)),
             request_bytes: Histogram::new(BYTES),
@@ -161,15 +172,12 @@ impl Default for CallMetrics {
             failures: Mutex::new(VecDeque::with_capacity(RECENT_FAILURES)),
         }
     }
-}
 
-impl CallMetrics {
     /// Starts recording one call by `trigger`; finish it with its outcome.
     pub fn start(&self, trigger: Trigger) -> Recording<'_> {
         Recording {
-            metrics: self,
+            metrics: self.on.then(|| (self, Instant::now())),
             trigger,
-            started: Instant::now(),
             done: false,
         }
     }
@@ -182,6 +190,9 @@ impl CallMetrics {
 
     /// An HTTP request's body size (as declared) and its response's (when known).
     pub fn body_sizes(&self, request: Option<u64>, response: Option<u64>) {
+        if !self.on {
+            return;
+        }
         if let Some(bytes) = request {
             self.request_bytes.observe(bytes as f64);
         }
@@ -229,9 +240,9 @@ impl CallMetrics {
 /// unfinished (the request's future was dropped), it counts as [`Outcome::Cancelled`].
 #[derive(Debug)]
 pub struct Recording<'a> {
-    metrics: &'a CallMetrics,
+    /// The metrics and when the call started; `None` when calls are not counted.
+    metrics: Option<(&'a CallMetrics, Instant)>,
     trigger: Trigger,
-    started: Instant,
     done: bool,
 }
 
@@ -239,16 +250,16 @@ impl Recording<'_> {
     /// Counts the call as ended with `outcome`.
     pub fn finish(mut self, outcome: Outcome) {
         self.done = true;
-        let took = self.started.elapsed();
-        self.metrics.record(self.trigger, outcome, took);
+        if let Some((metrics, started)) = self.metrics {
+            metrics.record(self.trigger, outcome, started.elapsed());
+        }
     }
 }
 
 impl Drop for Recording<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let took = self.started.elapsed();
-            self.metrics.record(self.trigger, Outcome::Cancelled, took);
+        if let (false, Some((metrics, started))) = (self.done, self.metrics) {
+            metrics.record(self.trigger, Outcome::Cancelled, started.elapsed());
         }
     }
 }
@@ -400,6 +411,8 @@ pub enum DeployOutcome {
 /// What one host counts besides its components.
 #[derive(Debug)]
 pub struct HostMetrics {
+    /// Whether components' calls are counted and timed (`HostConfig::metrics`).
+    pub(crate) count_calls: bool,
     /// By tier (baseline, optimized) and source (fresh, cache).
     compiles: [[AtomicU64; 2]; 2],
     compile_seconds: [[Histogram; 2]; 2],
@@ -410,7 +423,15 @@ pub struct HostMetrics {
 
 impl Default for HostMetrics {
     fn default() -> Self {
+        HostMetrics::new(true)
+    }
+}
+
+impl HostMetrics {
+    /// The host's counters; components' calls are counted and timed when `count_calls`.
+    pub fn new(count_calls: bool) -> Self {
         HostMetrics {
+            count_calls,
             compiles: Default::default(),
             compile_seconds: std::array::from_fn(|_| {
                 std::array::from_fn(|_| Histogram::new(SECONDS))
@@ -420,9 +441,7 @@ impl Default for HostMetrics {
             unrouted: AtomicU64::new(0),
         }
     }
-}
 
-impl HostMetrics {
     /// Counts code obtained for `tier`, how, and how long it took.
     pub fn compiled(&self, tier: crate::api::Tier, how: crate::api::Compiled) {
         let (source, ms) = match how {

@@ -11,11 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider,
+};
 
 /// How a host traces.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +49,10 @@ pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    /// The share of new traces recorded (`TraceConfig::sample`, within 0 to 1).
+    sample: f64,
+    /// Ids of new traces, decided on here (see [`Tracing::call`]).
+    ids: RandomIdGenerator,
 }
 
 impl Tracing {
@@ -74,25 +83,55 @@ impl Tracing {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
+            sample,
+            ids: RandomIdGenerator::default(),
         }))
     }
 
     /// Starts the span of a call into `component` (`version`), continuing the trace
-    /// that `headers` carry, if any. `name` is the span's name (`GET /orders/...`, the
-    /// subject). The span ends with [`CallTrace::finish`], or when the last clone drops.
+    /// that `headers` carry, if any. `name` makes the span's name (`GET /orders/...`,
+    /// the subject). The span ends with [`CallTrace::finish`], or when the last clone
+    /// drops.
+    ///
+    /// A call that carries no trace context starts a trace, sampled or not as the
+    /// SDK's ratio sampler would decide from its id. That is decided here, first: one
+    /// not sampled gets no SDK span, only a context that carries its id on, unsampled;
+    /// at a ratio of 0 it gets nothing at all (`None`).
     pub fn call<'h>(
         self: &Arc<Self>,
         kind: CallKind,
-        name: String,
+        name: impl FnOnce() -> String,
         component: &str,
         version: &str,
         headers: impl Iterator<Item = (&'h str, &'h str)>,
-    ) -> CallTrace {
+    ) -> Option<CallTrace> {
         let carrier = Carrier::from_iter(headers);
+        let mut trace_id = None;
+        if carrier.0.is_empty() {
+            if self.sample <= 0.0 {
+                return None;
+            }
+            let id = self.ids.new_trace_id();
+            if !sampled(self.sample, id) {
+                let unsampled = SpanContext::new(
+                    id,
+                    self.ids.new_span_id(),
+                    TraceFlags::default(),
+                    false,
+                    TraceState::default(),
+                );
+                return Some(CallTrace {
+                    cx: Context::new().with_remote_span_context(unsampled),
+                    tracing: self.clone(),
+                });
+            }
+            // The SDK's sampler, deciding on the same id, records it.
+            trace_id = Some(id);
+        }
         let parent = self.propagator.extract(&carrier);
-        let span = self
-            .tracer
-            .span_builder(name)
+        let mut builder = self.tracer.span_builder(name());
+        builder.trace_id = trace_id;
+        let span = builder
             .with_kind(match kind {
                 CallKind::Http => SpanKind::Server,
                 CallKind::Message => SpanKind::Consumer,
@@ -105,7 +144,7 @@ impl Tracing {
         // What a span not sampled would drop is not even made.
         call.set(|| KeyValue::new("weft.component", component.to_string()));
         call.set(|| KeyValue::new("weft.version", version.to_string()));
-        call
+        Some(call)
     }
 
     /// Sends what is buffered and stops the exporter (host shutdown).
@@ -229,6 +268,18 @@ impl Drop for ChildSpan {
     }
 }
 
+/// Whether a new trace `trace_id` is recorded at ratio `sample`: the decision of the
+/// SDK's `TraceIdRatioBased` sampler (its low 63 bits against the ratio), so the span
+/// made for a sampled one is recorded.
+fn sampled(sample: f64, trace_id: TraceId) -> bool {
+    if sample >= 1.0 {
+        return true;
+    }
+    let bound = (sample.max(0.0) * (1u64 << 63) as f64) as u64;
+    let low = u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or_default());
+    (low >> 1) < bound
+}
+
 /// Whether `name` is a W3C trace context header (compared without case).
 pub fn is_trace_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("traceparent") || name.eq_ignore_ascii_case("tracestate")
@@ -284,13 +335,15 @@ mod tests {
         })
         .unwrap();
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let call = tracing.call(
-            CallKind::Http,
-            "GET /x".into(),
-            "c",
-            "v",
-            [("TraceParent", parent)].into_iter(),
-        );
+        let call = tracing
+            .call(
+                CallKind::Http,
+                || "GET /x".into(),
+                "c",
+                "v",
+                [("TraceParent", parent)].into_iter(),
+            )
+            .expect("a span");
         assert_eq!(call.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let child = call.child(SpanKind::Producer, || "publish a".into(), Vec::new);
         let mut headers = vec![("traceparent".to_string(), "forged".to_string())];
@@ -307,11 +360,17 @@ mod tests {
         assert!(!written[0].1.contains("00f067aa0ba902b7"));
         drop(child);
         call.finish("ok", None);
+        // A call without trace context starts a trace, recorded at a ratio of 1.
+        let root = tracing
+            .call(CallKind::Http, || "GET /y".into(), "c", "v", [].into_iter())
+            .expect("a span");
+        assert!(root.recording());
+        assert_ne!(root.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         tracing.shutdown();
     }
 
     #[test]
-    fn sampling_at_zero_records_nothing_but_still_propagates() {
+    fn sampling_at_zero_starts_no_trace_but_follows_callers() {
         let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let tracing = Tracing::start(&TraceConfig {
             endpoint: format!("http://{}", receiver.local_addr().unwrap()),
@@ -319,14 +378,52 @@ mod tests {
             service: "weft-test".into(),
         })
         .unwrap();
-        let call = tracing.call(
+        let untraced = tracing.call(
             CallKind::Message,
-            "process a".into(),
+            || unreachable!("no span is named"),
             "c",
             "v",
-            [].into_iter(),
+            [("content-type", "text/plain")].into_iter(),
         );
-        assert!(!call.cx.span().span_context().is_sampled());
+        assert!(untraced.is_none(), "no trace started at 0");
+        // Above 0, a trace not sampled is still started and carried on, unsampled.
+        let rare = Tracing::start(&TraceConfig {
+            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
+            sample: 1e-12,
+            service: "weft-test".into(),
+        })
+        .unwrap();
+        let root = rare
+            .call(
+                CallKind::Http,
+                || unreachable!("no span is named"),
+                "c",
+                "v",
+                [].into_iter(),
+            )
+            .expect("a trace, not sampled");
+        assert!(!root.recording());
+        let mut headers = vec![];
+        root.child(SpanKind::Client, || "GET".into(), Vec::new)
+            .inject(&mut headers);
+        let id = root.trace_id();
+        assert!(
+            headers[0].1.starts_with(&format!("00-{id}-")) && headers[0].1.ends_with("-00"),
+            "{headers:?}"
+        );
+        assert_ne!(id, "00000000000000000000000000000000");
+        rare.shutdown();
+        // A caller's trace not sampled goes on, not sampled and not recorded.
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let call = tracing
+            .call(
+                CallKind::Message,
+                || "process a".into(),
+                "c",
+                "v",
+                [("traceparent", unsampled)].into_iter(),
+            )
+            .expect("the caller's trace goes on");
         assert!(!call.cx.span().is_recording(), "nothing recorded");
         let mut headers = vec![];
         call.child(SpanKind::Producer, || "publish b".into(), Vec::new)
@@ -334,19 +431,21 @@ mod tests {
         assert!(
             headers[0]
                 .1
-                .starts_with(&format!("00-{}-", call.trace_id()))
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
                 && headers[0].1.ends_with("-00"),
             "the trace goes on, not sampled: {headers:?}"
         );
         // A caller that sampled its trace is followed.
         let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let call = tracing.call(
-            CallKind::Http,
-            "GET /".into(),
-            "c",
-            "v",
-            [("traceparent", sampled)].into_iter(),
-        );
+        let call = tracing
+            .call(
+                CallKind::Http,
+                || "GET /".into(),
+                "c",
+                "v",
+                [("traceparent", sampled)].into_iter(),
+            )
+            .expect("a span");
         assert!(call.cx.span().is_recording());
         tracing.shutdown();
     }

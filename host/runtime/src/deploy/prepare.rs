@@ -15,6 +15,7 @@ use crate::compile::{CompileCache, Write};
 use crate::deployment::Exports;
 use crate::engine::{Engines, TierEngine};
 use crate::instance::IdleBudget;
+use crate::metrics::CallMetrics;
 use crate::spec::ValidSpec;
 use crate::store_data::StoreData;
 use crate::triggers::Trigger;
@@ -106,7 +107,7 @@ impl Deployer {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             dropped_messages: AtomicU64::new(0),
-            calls: Default::default(),
+            calls: Arc::new(CallMetrics::new(self.metrics.count_calls)),
         })
     }
 

@@ -398,21 +398,21 @@ pub(crate) async fn handle_as(
     delivery: Option<DeliveryInfo>,
 ) -> Outcome {
     let recording = deployment.calls.start(trigger);
-    let trace = deployment.grants.tracing.as_ref().map(|tracing| {
+    let trace = deployment.grants.tracing.as_ref().and_then(|tracing| {
         let trace = tracing.call(
             CallKind::Message,
-            format!("process {}", message.subject),
+            || format!("process {}", message.subject),
             &deployment.name,
             &deployment.version,
             message
                 .headers
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
+        )?;
         trace.set(|| KeyValue::new("messaging.system", "nats"));
         trace.set(|| KeyValue::new("messaging.destination.name", message.subject.clone()));
         trace.set(|| KeyValue::new("weft.trigger", trigger.as_str()));
-        trace
+        Some(trace)
     });
     let (outcome, counted) =
         handle_counted(deployment, bus, message, delivery, trace.clone()).await;

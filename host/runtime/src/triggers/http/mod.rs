@@ -313,19 +313,19 @@ async fn handle(
     deployment.requests.fetch_add(1, Ordering::Relaxed);
     let recording = deployment.calls.start(metrics::Trigger::Http);
     let declared = content_length(&request);
-    let trace = deployment.grants.tracing.as_ref().map(|tracing| {
+    let trace = deployment.grants.tracing.as_ref().and_then(|tracing| {
         let method = request.method().as_str();
         let headers = request.headers().iter();
         let trace = tracing.call(
             CallKind::Http,
-            format!("{method} {route}"),
+            || format!("{method} {route}"),
             &deployment.name,
             &deployment.version,
             headers.filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
-        );
+        )?;
         trace.set(|| KeyValue::new("http.request.method", method.to_string()));
         trace.set(|| KeyValue::new("http.route", route));
-        trace
+        Some(trace)
     });
     let result = dispatch_traced(&deployment, request, trace.clone()).await;
     let counted = outcome(&result);
