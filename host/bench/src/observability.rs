@@ -41,7 +41,7 @@ pub fn tracing_cost(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Re
             &wasm.hello,
             "[{ path = \"/hello/...\" }]",
             REUSE,
-            &extra,
+            extra,
         )
         .with_context(|| format!("starting the hosts `{label}`"))?;
         hosts.push((label, pair));
