@@ -324,16 +324,22 @@ impl Injector for Carrier {
 mod tests {
     use super::*;
 
+    /// A tracer exporting to `receiver`, a port of the test's own that never answers
+    /// (the exporter only fails to send).
+    fn tracer(receiver: &std::net::TcpListener, sample: f64) -> Arc<Tracing> {
+        Tracing::start(&TraceConfig {
+            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
+            sample,
+            service: "weft-test".into(),
+        })
+        .unwrap()
+    }
+
     #[test]
     fn trace_context_passes_from_incoming_to_outgoing_headers() {
         // A port of the test's own that never answers: the exporter only fails to send.
         let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let tracing = Tracing::start(&TraceConfig {
-            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
-            sample: 1.0,
-            service: "weft-test".into(),
-        })
-        .unwrap();
+        let tracing = tracer(&receiver, 1.0);
         let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let call = tracing
             .call(
@@ -372,12 +378,7 @@ mod tests {
     #[test]
     fn sampling_at_zero_starts_no_trace_but_follows_callers() {
         let receiver = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let tracing = Tracing::start(&TraceConfig {
-            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
-            sample: 0.0,
-            service: "weft-test".into(),
-        })
-        .unwrap();
+        let tracing = tracer(&receiver, 0.0);
         let untraced = tracing.call(
             CallKind::Message,
             || unreachable!("no span is named"),
@@ -387,12 +388,7 @@ mod tests {
         );
         assert!(untraced.is_none(), "no trace started at 0");
         // Above 0, a trace not sampled is still started and carried on, unsampled.
-        let rare = Tracing::start(&TraceConfig {
-            endpoint: format!("http://{}", receiver.local_addr().unwrap()),
-            sample: 1e-12,
-            service: "weft-test".into(),
-        })
-        .unwrap();
+        let rare = tracer(&receiver, 1e-12);
         let root = rare
             .call(
                 CallKind::Http,
