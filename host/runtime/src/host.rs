@@ -299,7 +299,7 @@ impl Host {
                     listen: addr,
                     ..access.clone()
                 };
-                let app = crate::admin::metrics_app(registry.clone(), access);
+                let app = crate::admin::metrics_app(registry.clone(), access).into();
                 let serving = listener::serve(
                     listener,
                     app,
@@ -319,7 +319,8 @@ impl Host {
                 access,
                 config.admin_limits,
                 config.metrics.then_some(registry),
-            ),
+            )
+            .into(),
             config.admin_connections,
             None,
             stopped,

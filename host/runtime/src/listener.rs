@@ -27,7 +27,6 @@ use futures::future::BoxFuture;
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -72,6 +71,35 @@ impl ConnectionLimits {
     };
 }
 
+/// What a listener serves: each request to its response. The HTTP trigger's is a plain
+/// function ([`App::new`]), the admin API's an axum router ([`App::from`]).
+#[derive(Clone)]
+pub struct App(Arc<dyn Fn(axum::extract::Request) -> BoxFuture<'static, Response> + Send + Sync>);
+
+impl App {
+    /// An app that answers each request with `handle`.
+    pub fn new(
+        handle: impl Fn(axum::extract::Request) -> BoxFuture<'static, Response> + Send + Sync + 'static,
+    ) -> App {
+        App(Arc::new(handle))
+    }
+}
+
+impl From<axum::Router> for App {
+    fn from(router: axum::Router) -> App {
+        App::new(move |request| {
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let call = hyper::service::Service::call(&service, request);
+            Box::pin(async move {
+                match call.await {
+                    Ok(response) => response,
+                    Err(infallible) => match infallible {},
+                }
+            })
+        })
+    }
+}
+
 /// Marks a request that arrived over TLS (a request extension), so components see the
 /// `https` scheme.
 #[derive(Debug, Clone, Copy)]
@@ -98,7 +126,7 @@ impl Serving {
 /// long).
 pub fn serve(
     listener: TcpListener,
-    app: axum::Router,
+    app: App,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
     stopped: watch::Receiver<bool>,
@@ -204,7 +232,7 @@ fn protocols(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
 /// One accepted connection, before it is served.
 struct Connection {
     http: Arc<auto::Builder<TokioExecutor>>,
-    app: axum::Router,
+    app: App,
     limits: ConnectionLimits,
     stopped: watch::Receiver<bool>,
 }
@@ -314,7 +342,7 @@ impl Drop for Open {
 /// marks TLS, and counts the request open until its response is sent.
 #[derive(Clone)]
 struct ConnectionService {
-    app: axum::Router,
+    app: App,
     activity: Arc<Activity>,
     body_idle: Duration,
     tls: bool,
@@ -332,10 +360,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnectionService {
         if self.tls {
             request.extensions_mut().insert(Tls);
         }
-        let call =
-            hyper::service::Service::call(&TowerToHyperService::new(self.app.clone()), request);
+        let call = (self.app.0)(request);
         Box::pin(async move {
-            let response = call.await?;
+            let response = call.await;
             Ok(response.map(|body| Body::new(OpenBody { body, _open: open })))
         })
     }

@@ -375,18 +375,18 @@ fn single<T: Message + Default>(messages: &mut Messages<T>) -> Result<T, Status>
     Ok(message)
 }
 
+// Each made in one call into the host (rather than `new` and an `append` per field).
 fn grpc_headers() -> Fields {
-    let fields = Fields::new();
-    let _ = fields.append("content-type", b"application/grpc");
-    fields
+    Fields::from_list(&[("content-type".into(), b"application/grpc".to_vec())])
+        .unwrap_or_else(|_| Fields::new())
 }
 
 fn status_fields(status: &Result<(), Status>) -> Fields {
-    let fields = Fields::new();
-    for (name, value) in status_trailers(status) {
-        let _ = fields.append(name, &value);
-    }
-    fields
+    let entries: Vec<(String, Vec<u8>)> = status_trailers(status)
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    Fields::from_list(&entries).unwrap_or_else(|_| Fields::new())
 }
 
 /// The trailers that carry `status`: `grpc-status`, and `grpc-message` if it has one.

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -99,11 +99,13 @@ impl HttpTrigger {
         }
     }
 
-    /// The axum app that serves every route of every deployment.
-    pub fn app(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new()
-            .fallback(handle_any)
-            .with_state(self.clone())
+    /// What the HTTP listener serves: every route of every deployment.
+    pub fn app(self: &Arc<Self>) -> crate::listener::App {
+        let trigger = self.clone();
+        crate::listener::App::new(move |request| {
+            let trigger = trigger.clone();
+            Box::pin(async move { handle_any(&trigger, request).await })
+        })
     }
 }
 
@@ -279,8 +281,9 @@ impl IntoResponse for HttpError {
 }
 
 async fn handle(
-    State(trigger): State<Arc<HttpTrigger>>,
+    trigger: &HttpTrigger,
     request: Request,
+    grpc: bool,
 ) -> Result<Response, HttpError> {
     let routes = trigger.routes.load();
     let (deployment, websocket, route) = match routes.lookup(request.method(), request.uri().path())
@@ -327,7 +330,7 @@ async fn handle(
         trace.set(|| KeyValue::new("http.route", route));
         Some(trace)
     });
-    let result = dispatch_traced(&deployment, request, trace.clone()).await;
+    let result = dispatch_traced(&deployment, request, grpc, trace.clone()).await;
     let counted = outcome(&result);
     recording.finish(counted);
     if let Some(trace) = trace {
@@ -374,16 +377,17 @@ fn outcome(result: &Result<Response, HttpError>) -> metrics::Outcome {
     }
 }
 
-/// The fallback handler: gRPC calls get the host's errors as gRPC statuses.
-async fn handle_any(
-    trigger: State<Arc<HttpTrigger>>,
-    request: Request,
-) -> Result<Response, HttpError> {
+/// Where every request to the HTTP listener enters. gRPC calls get the host's errors as
+/// gRPC statuses.
+async fn handle_any(trigger: &HttpTrigger, request: Request) -> Response {
     if !grpc::is_grpc(request.headers()) {
-        return handle(trigger, request).await;
+        return match handle(trigger, request, false).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
     }
     let timeout = grpc::timeout(request.headers());
-    let call = handle(trigger, request);
+    let call = handle(trigger, request, true);
     let result = match timeout {
         Some(timeout) => match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
@@ -391,7 +395,7 @@ async fn handle_any(
         },
         None => call.await,
     };
-    Ok(result.unwrap_or_else(HttpError::into_grpc_response))
+    result.unwrap_or_else(HttpError::into_grpc_response)
 }
 
 /// Runs one request through a fresh instance of `deployment`, applying its limits.
@@ -400,13 +404,16 @@ pub async fn dispatch(
     deployment: &Arc<Deployment>,
     request: Request,
 ) -> Result<Response, HttpError> {
-    dispatch_traced(deployment, request, None).await
+    let grpc = grpc::is_grpc(request.headers());
+    dispatch_traced(deployment, request, grpc, None).await
 }
 
-/// [`dispatch`] as a call of the span `trace`, when traces are on.
+/// [`dispatch`] as a call of the span `trace`, when traces are on; `grpc` if the
+/// request is a gRPC call.
 async fn dispatch_traced(
     deployment: &Arc<Deployment>,
     request: Request,
+    grpc: bool,
     trace: Option<CallTrace>,
 ) -> Result<Response, HttpError> {
     let limit = deployment.spec.limits.max_body_bytes;
@@ -423,7 +430,7 @@ async fn dispatch_traced(
         })?;
 
     // A gRPC response that fails midway ends with an INTERNAL status in its trailers.
-    let grpc = grpc::is_grpc(request.headers()).then(|| deployment.name.clone());
+    let grpc = grpc.then(|| deployment.name.clone());
     let exceeded = Arc::new(AtomicBool::new(false));
     let request = request.map(|body| LimitedBody {
         inner: body,
@@ -681,16 +688,25 @@ async fn gather<B>(mut body: B) -> Gathered<B>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
 {
+    use futures::FutureExt;
     use http_body_util::BodyExt;
     let mut pending = std::collections::VecDeque::new();
     let mut size = 0;
-    let window = tokio::time::sleep(GATHER_WINDOW);
-    tokio::pin!(window);
+    // Made only once the body has to be waited for: most guests have written it all.
+    let mut window = None;
     loop {
-        let frame = tokio::select! {
-            biased;
-            frame = body.frame() => frame,
-            () = &mut window => return Gathered::Streaming { pending, rest: body },
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                let window = window
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(GATHER_WINDOW)))
+                    .as_mut();
+                tokio::select! {
+                    biased;
+                    frame = body.frame() => frame,
+                    () = window => return Gathered::Streaming { pending, rest: body },
+                }
+            }
         };
         match frame {
             None => {
