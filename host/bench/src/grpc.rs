@@ -21,20 +21,39 @@ pub const CHANNELS: usize = 4;
 /// Calls in flight at once (as wrk's 32 connections elsewhere).
 pub const IN_FLIGHT: usize = 32;
 
-/// Unary `Add` calls: native tonic, weft fresh, weft reuse.
+/// Unary `Add` calls: native tonic, weft fresh, weft reuse; with every server on one
+/// worker thread, then on two.
+///
+/// One worker each is the cleaner comparison on a 2-core machine: the server under test
+/// has one core and the load generator the other. With two workers, the server's
+/// threads and the client's share two cores, and what is measured includes the
+/// scheduler's contention between them (weft's longer calls suffer it more: its
+/// stream tasks and the HTTP/2 connection's task meet on the connection's lock). Both
+/// are reported, against native tonic on the same number of workers.
 pub fn unary(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()> {
+    for workers in [1, 2] {
+        unary_on(settings, wasm, report, workers)?;
+    }
+    Ok(())
+}
+
+/// [`unary`] with every server on `workers` worker threads.
+fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16) -> Result<()> {
+    let threads = if workers == 1 { "thread" } else { "threads" };
     let command = format!(
-        "tonic client, 1 thread, {CHANNELS} connections, {IN_FLIGHT} calls in flight, {} s, Calculator/Add",
+        "servers on {workers} worker {threads}; tonic client, 1 thread, {CHANNELS} connections, {IN_FLIGHT} calls in flight, {} s, Calculator/Add",
         settings.secs
     );
     println!("\ngRPC unary ({command}):");
-    let native = serve_native()?;
-    let hosts = procs::fresh_and_reuse(
-        "weft-grpc",
+    let native = serve_native(workers)?;
+    let workers_arg = workers.to_string();
+    let hosts = procs::fresh_and_reuse_with(
+        &format!("weft-grpc-{workers}w"),
         "calculator",
         &wasm.calculator,
         "[{ path = \"/weft.example.calculator.v1.Calculator/...\" }]",
         REUSE,
+        &["--workers", &workers_arg],
     )?;
     for weft in &hosts {
         answers(&weft.http)?;
@@ -56,27 +75,36 @@ pub fn unary(settings: &Settings, wasm: &Wasm, report: &mut Report) -> Result<()
     let m = interleave_with(settings, &contestants, load)?;
     let (native, fresh, reuse) = (&m[0], &m[1], &m[2]);
     let (higher, lower) = (Better::Higher, Better::Lower);
+    let on = format!("{workers} worker {threads}");
+    let name = |figure: &str| format!("{on}: {figure}");
+    let names = [
+        name("fresh instance per call: throughput"),
+        name("fresh instance per call: p99 latency"),
+        name("instance reuse: throughput"),
+        name("instance reuse: p99 latency"),
+        name("instance reuse: p50 latency"),
+    ];
     #[rustfmt::skip]
     report.add_rows("gRPC unary", &command, &[
-        ("fresh instance per call: throughput", "calls/s", fresh.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.5)),
-        ("fresh instance per call: p99 latency", "ms", fresh.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
-        ("instance reuse: throughput", "calls/s", reuse.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.8)),
-        ("instance reuse: p99 latency", "ms", reuse.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
-        ("instance reuse: p50 latency", "ms", reuse.p50, "native tonic", native.p50, lower, None),
+        (names[0].as_str(), "calls/s", fresh.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.5)),
+        (names[1].as_str(), "ms", fresh.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
+        (names[2].as_str(), "calls/s", reuse.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.8)),
+        (names[3].as_str(), "ms", reuse.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
+        (names[4].as_str(), "ms", reuse.p50, "native tonic", native.p50, lower, None),
     ]);
     Ok(())
 }
 
-/// The native tonic calculator on a fresh port, on a two-worker runtime of its own (as
-/// weft's); its base URL.
-fn serve_native() -> Result<String> {
+/// The native tonic calculator on a fresh port, on a runtime of its own with `workers`
+/// worker threads (as weft's); its base URL.
+fn serve_native(workers: u16) -> Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let url = format!("http://{}", listener.local_addr()?);
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
         .name("native-tonic".into())
         .spawn(move || {
-            crate::native::runtime().block_on(async move {
+            crate::native::runtime_with(usize::from(workers)).block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)
                     .expect("registering the native server's listener");
                 let incoming =

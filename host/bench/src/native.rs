@@ -80,9 +80,15 @@ pub fn nats_responder(url: &str, subject: &str) -> Result<()> {
         .context("the native responder did not subscribe within 10 s")
 }
 
+/// A runtime with two worker threads, as a weft host has on this machine.
 pub fn runtime() -> tokio::runtime::Runtime {
+    runtime_with(2)
+}
+
+/// A runtime with `workers` worker threads.
+pub fn runtime_with(workers: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("building a Tokio runtime")

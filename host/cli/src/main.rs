@@ -61,6 +61,10 @@ enum Command {
         /// Do not count or time components' calls, and serve no `GET /metrics`.
         #[arg(long, conflicts_with = "metrics_listen")]
         no_metrics: bool,
+        /// Threads that run requests, messages and guests (default: one per CPU core).
+        /// Fewer leaves cores to other processes on the machine.
+        #[arg(long, env = "WEFT_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
         /// Bearer token for the admin API (required when it is not on loopback; on
         /// loopback, it keeps other local users out).
         #[arg(long, env = "WEFT_ADMIN_TOKEN", hide_env_values = true)]
@@ -265,7 +269,16 @@ fn main() -> ExitCode {
     // Log lines go to stderr from a thread of their own; the guard writes out what is
     // queued when `main` returns.
     let _flush_logs_on_exit = logs::init(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let workers = match &cli.command {
+        Command::Up { workers, .. } => *workers,
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(workers) = workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -304,6 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
             admin,
             metrics_listen,
             no_metrics,
+            workers: _,
             admin_token,
             admin_hosts,
             admin_origins,

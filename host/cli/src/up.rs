@@ -65,7 +65,10 @@ pub async fn start(path: Option<&Path>, mut config: HostConfig, build: bool) -> 
     );
     eprintln!("admin API on http://{}", host.admin_addr());
     let metrics = host.metrics_addr().unwrap_or(host.admin_addr());
-    eprintln!("metrics on http://{metrics}/metrics\n");
+    eprintln!("metrics on http://{metrics}/metrics");
+    // Read back from the runtime itself: what `--workers` (or the CPU count) made.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    eprintln!("{workers} worker thread(s) run requests, messages and guests\n");
     eprintln!(
         "{}",
         route_table(

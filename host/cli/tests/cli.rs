@@ -110,6 +110,43 @@ fn up_serves_a_manifest_and_the_cli_manages_it() {
     assert!(exit.success(), "weft up exits cleanly on SIGTERM: {exit}");
 }
 
+/// `--workers N` sizes the runtime that runs requests and guests: the host reports that
+/// many worker threads and serves on them; 0 is refused by name.
+#[test]
+fn up_runs_on_the_worker_threads_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.wasm"), wasm("hello")).unwrap();
+    let manifest = dir.path().join("weft.toml");
+    std::fs::write(
+        &manifest,
+        "name = \"one\"\n[components.hello]\nsource = \"hello.wasm\"\nroutes = [{ path = \"/hello/...\" }]\n",
+    )
+    .unwrap();
+    let (mut up, http, _admin) = weft_up_with(dir.path(), &manifest, &["--workers", "1"]);
+    up.wait_for("/hello/...");
+    let body = reqwest::blocking::get(format!("http://{http}/hello/one"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(body.contains("/hello/one"), "{body}");
+    // The count the host reads back from its runtime.
+    up.wait_for("1 worker thread(s) run requests");
+
+    let out = weft(&[
+        "up",
+        manifest.to_str().unwrap(),
+        "--workers",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--workers"), "{err}");
+}
+
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = std::time::Instant::now();
     loop {
