@@ -18,6 +18,26 @@ fn weft(args: &[&str]) -> std::process::Output {
         .expect("running weft")
 }
 
+/// `weft up manifest` with `extra` arguments on ephemeral ports, expected to fail at
+/// once: its stderr.
+fn up_refused(manifest: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "up",
+        manifest.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let out = weft(&args);
+    assert!(
+        !out.status.success(),
+        "weft up {extra:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn up_serves_a_manifest_and_the_cli_manages_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,18 +152,7 @@ fn up_runs_on_the_worker_threads_it_is_given() {
     // The count the host reads back from its runtime.
     up.wait_for("1 worker thread(s) run requests");
 
-    let out = weft(&[
-        "up",
-        manifest.to_str().unwrap(),
-        "--workers",
-        "0",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = up_refused(&manifest, &["--workers", "0"]);
     assert!(err.contains("--workers"), "{err}");
 }
 
@@ -178,16 +187,7 @@ fn no_host_and_bad_manifests_get_errors_that_say_what_to_do() {
         "name = \"x\"\n[components.a]\nsource = \"a.wasm\"\nroute = \"/a\"\n",
     )
     .unwrap();
-    let out = weft(&[
-        "up",
-        manifest.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = up_refused(&manifest, &[]);
     assert!(
         err.contains("weft.toml:4:1: `components.a.route`: unknown field `route`, expected one of"),
         "{err}"
@@ -198,15 +198,7 @@ fn no_host_and_bad_manifests_get_errors_that_say_what_to_do() {
         "name = \"x\"\n[components.a]\nsource = \"missing.wasm\"\n",
     )
     .unwrap();
-    let out = weft(&[
-        "up",
-        manifest.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = up_refused(&manifest, &[]);
     assert!(
         err.contains("missing.wasm does not exist") && err.contains("no `build` command"),
         "{err}"
