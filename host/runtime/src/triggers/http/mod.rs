@@ -381,10 +381,9 @@ fn outcome(result: &Result<Response, HttpError>) -> metrics::Outcome {
 /// gRPC statuses.
 async fn handle_any(trigger: &HttpTrigger, request: Request) -> Response {
     if !grpc::is_grpc(request.headers()) {
-        return match handle(trigger, request, false).await {
-            Ok(response) => response,
-            Err(error) => error.into_response(),
-        };
+        return handle(trigger, request, false)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
     }
     let timeout = grpc::timeout(request.headers());
     let call = handle(trigger, request, true);
