@@ -2,7 +2,13 @@
 //! fresh instances and with reuse, against the same service written natively with
 //! tonic. The load generator is a tonic client in this process: one thread,
 //! [`CHANNELS`] HTTP/2 connections, [`IN_FLIGHT`] calls in flight.
+//!
+//! Besides throughput and latency, each server's CPU time per call is reported: on a
+//! 2-core machine that the load generator shares, throughput moves with the machine by
+//! 10-30% between runs, while CPU per call is what a server costs, and moves far less.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -12,7 +18,7 @@ use tonic::transport::Channel;
 use crate::http::{Contestant, REUSE, interleave_with};
 use crate::load::Load;
 use crate::procs;
-use crate::report::{Better, Report, Target};
+use crate::report::{Better, Report, Target, median};
 use crate::{Settings, tools::Wasm};
 
 /// HTTP/2 connections the client keeps open.
@@ -61,7 +67,7 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
     let contestants = [
         Contestant {
             label: "native tonic",
-            url: native,
+            url: native.clone(),
         },
         Contestant {
             label: "weft (fresh instance)",
@@ -72,8 +78,45 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
             url: hosts[1].http.clone(),
         },
     ];
-    let m = interleave_with(settings, &contestants, load)?;
-    let (native, fresh, reuse) = (&m[0], &m[1], &m[2]);
+    // Each server's CPU time per call, in µs, for every measured run.
+    let cpu: HashMap<&str, Cpu> = HashMap::from([
+        (native.as_str(), Cpu::Threads(NATIVE_THREADS)),
+        (
+            hosts[0].http.as_str(),
+            Cpu::Process(hosts[0].proc.child.id()),
+        ),
+        (
+            hosts[1].http.as_str(),
+            Cpu::Process(hosts[1].proc.child.id()),
+        ),
+    ]);
+    let per_call: RefCell<HashMap<String, Vec<f64>>> = RefCell::default();
+    let m = interleave_with(settings, &contestants, |url, secs| {
+        let probe = &cpu[url];
+        let before = probe.seconds()?;
+        let measured = load(url, secs)?;
+        let used = probe.seconds()? - before;
+        let calls = measured.rps * secs as f64;
+        let mut per_call = per_call.borrow_mut();
+        let runs = per_call.entry(url.to_string()).or_default();
+        runs.push(used * 1e6 / calls.max(1.0));
+        Ok(measured)
+    })?;
+    let (native_m, fresh, reuse) = (&m[0], &m[1], &m[2]);
+    // The first run of each is the warm-up.
+    let cpu_median = |url: &str| {
+        let runs = per_call.borrow().get(url).cloned().unwrap_or_default();
+        median(runs.into_iter().skip(1).collect())
+    };
+    let (native_cpu, fresh_cpu, reuse_cpu) = (
+        cpu_median(&native),
+        cpu_median(&hosts[0].http),
+        cpu_median(&hosts[1].http),
+    );
+    println!(
+        "    server CPU per call (median): native tonic {native_cpu:.1} µs, weft fresh {fresh_cpu:.1} µs, weft reuse {reuse_cpu:.1} µs"
+    );
+    let native = native_m;
     let (higher, lower) = (Better::Higher, Better::Lower);
     let on = format!("{workers} worker {threads}");
     let name = |figure: &str| format!("{on}: {figure}");
@@ -83,6 +126,8 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
         name("instance reuse: throughput"),
         name("instance reuse: p99 latency"),
         name("instance reuse: p50 latency"),
+        name("fresh instance per call: server CPU per call"),
+        name("instance reuse: server CPU per call"),
     ];
     #[rustfmt::skip]
     report.add_rows("gRPC unary", &command, &[
@@ -91,8 +136,71 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
         (names[2].as_str(), "calls/s", reuse.rps, "native tonic", native.rps, higher, Target::ratio_at_least(0.8)),
         (names[3].as_str(), "ms", reuse.p99, "native tonic", native.p99, lower, Target::ratio_at_most(2.0)),
         (names[4].as_str(), "ms", reuse.p50, "native tonic", native.p50, lower, None),
+        (names[5].as_str(), "µs", fresh_cpu, "native tonic", native_cpu, lower, None),
+        (names[6].as_str(), "µs", reuse_cpu, "native tonic", native_cpu, lower, None),
     ]);
     Ok(())
+}
+
+/// The name of every thread of the native tonic server (the one that starts it and its
+/// runtime's workers), by which its CPU time is found.
+const NATIVE_THREADS: &str = "native-grpc";
+
+/// Where a server's CPU time is read.
+enum Cpu {
+    /// A `weft up` child process: all of its threads.
+    Process(u32),
+    /// This process's threads of that name.
+    Threads(&'static str),
+}
+
+impl Cpu {
+    /// CPU seconds (user and system) used so far.
+    fn seconds(&self) -> Result<f64> {
+        match self {
+            Cpu::Process(pid) => stat_seconds(&format!("/proc/{pid}/stat")),
+            Cpu::Threads(name) => {
+                let mut total = 0.0;
+                for task in std::fs::read_dir("/proc/self/task")? {
+                    let dir = task?.path();
+                    let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                    if comm.trim_end() == *name {
+                        total += stat_seconds(&dir.join("stat").to_string_lossy())?;
+                    }
+                }
+                Ok(total)
+            }
+        }
+    }
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn stat_seconds(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        let field = fields
+            .get(i)
+            .with_context(|| format!("{path} is too short"))?;
+        Ok(field.parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+}
+
+/// The kernel's clock ticks per second (USER_HZ), in which /proc reports CPU time.
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// The native tonic calculator on a fresh port, on a runtime of its own with `workers`
@@ -102,19 +210,21 @@ fn serve_native(workers: u16) -> Result<String> {
     let url = format!("http://{}", listener.local_addr()?);
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
-        .name("native-tonic".into())
+        .name(NATIVE_THREADS.into())
         .spawn(move || {
-            crate::native::runtime_with(usize::from(workers)).block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)
-                    .expect("registering the native server's listener");
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                tonic::transport::Server::builder()
-                    .add_service(calculator_client::native_server())
-                    .serve_with_incoming(incoming)
-                    .await
-                    .expect("the native tonic server");
-            });
+            crate::native::runtime_with(usize::from(workers), NATIVE_THREADS).block_on(
+                async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .expect("registering the native server's listener");
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    tonic::transport::Server::builder()
+                        .add_service(calculator_client::native_server())
+                        .serve_with_incoming(incoming)
+                        .await
+                        .expect("the native tonic server");
+                },
+            );
         })?;
     Ok(url)
 }
@@ -140,6 +250,17 @@ fn answers(url: &str) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
+}
+
+/// `weft-bench --grpc-load URL SECS`: [`load`] alone, against a server already up.
+pub fn load_only(url: &str, secs: u64) -> Result<()> {
+    answers(url)?;
+    let m = load(url, secs)?;
+    println!(
+        "{:.0} calls/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+        m.rps, m.p50_ms, m.p99_ms, m.errors
+    );
+    Ok(())
 }
 
 /// Calls `Add` on `url` for `secs` seconds with [`IN_FLIGHT`] calls in flight.

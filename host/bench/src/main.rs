@@ -22,6 +22,9 @@
 //! `wasi:http` 0.3 guest), `p3`, `large`, `grpc`, `websocket`, `messaging`
 //! (or one of its halves: `messaging-nats`, `messaging-embedded`), `durable`, `lattice`,
 //! `deploy`, `density`, `observability` (what traces cost the hot path).
+//!
+//! `--grpc-load URL SECS` only runs the gRPC section's load generator against a server
+//! that is already up, and prints what it measured: to profile a host under that load.
 
 mod deploy;
 mod durable;
@@ -89,6 +92,13 @@ fn main() {
 }
 
 fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--grpc-load") {
+        let (Some(url), Some(secs)) = (args.get(i + 1), args.get(i + 2)) else {
+            anyhow::bail!("usage: weft-bench --grpc-load URL SECS");
+        };
+        return grpc::load_only(url, secs.parse().context("SECS: a whole number")?);
+    }
     let settings = Settings::from_args();
     // Every section but messaging runs `wasmtime serve` as its reference.
     let wasm = tools::Wasm::find(

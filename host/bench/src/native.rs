@@ -82,13 +82,14 @@ pub fn nats_responder(url: &str, subject: &str) -> Result<()> {
 
 /// A runtime with two worker threads, as a weft host has on this machine.
 pub fn runtime() -> tokio::runtime::Runtime {
-    runtime_with(2)
+    runtime_with(2, "native")
 }
 
-/// A runtime with `workers` worker threads.
-pub fn runtime_with(workers: usize) -> tokio::runtime::Runtime {
+/// A runtime with `workers` worker threads, each named `name`.
+pub fn runtime_with(workers: usize, name: &str) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
+        .thread_name(name)
         .enable_all()
         .build()
         .expect("building a Tokio runtime")
