@@ -51,7 +51,7 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
         settings.secs
     );
     println!("\ngRPC unary ({command}):");
-    let native = serve_native(workers)?;
+    let native_url = serve_native(workers)?;
     let workers_arg = workers.to_string();
     let hosts = procs::fresh_and_reuse_with(
         &format!("weft-grpc-{workers}w"),
@@ -67,7 +67,7 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
     let contestants = [
         Contestant {
             label: "native tonic",
-            url: native.clone(),
+            url: native_url.clone(),
         },
         Contestant {
             label: "weft (fresh instance)",
@@ -80,7 +80,7 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
     ];
     // Each server's CPU time per call, in µs, for every measured run.
     let cpu: HashMap<&str, Cpu> = HashMap::from([
-        (native.as_str(), Cpu::Threads(NATIVE_THREADS)),
+        (native_url.as_str(), Cpu::Threads(NATIVE_THREADS)),
         (
             hosts[0].http.as_str(),
             Cpu::Process(hosts[0].proc.child.id()),
@@ -102,21 +102,20 @@ fn unary_on(settings: &Settings, wasm: &Wasm, report: &mut Report, workers: u16)
         runs.push(used * 1e6 / calls.max(1.0));
         Ok(measured)
     })?;
-    let (native_m, fresh, reuse) = (&m[0], &m[1], &m[2]);
+    let (native, fresh, reuse) = (&m[0], &m[1], &m[2]);
     // The first run of each is the warm-up.
     let cpu_median = |url: &str| {
         let runs = per_call.borrow().get(url).cloned().unwrap_or_default();
         median(runs.into_iter().skip(1).collect())
     };
     let (native_cpu, fresh_cpu, reuse_cpu) = (
-        cpu_median(&native),
+        cpu_median(&native_url),
         cpu_median(&hosts[0].http),
         cpu_median(&hosts[1].http),
     );
     println!(
         "    server CPU per call (median): native tonic {native_cpu:.1} µs, weft fresh {fresh_cpu:.1} µs, weft reuse {reuse_cpu:.1} µs"
     );
-    let native = native_m;
     let (higher, lower) = (Better::Higher, Better::Lower);
     let on = format!("{workers} worker {threads}");
     let name = |figure: &str| format!("{on}: {figure}");
@@ -195,12 +194,15 @@ fn stat_seconds(path: &str) -> Result<f64> {
 
 /// The kernel's clock ticks per second (USER_HZ), in which /proc reports CPU time.
 fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// The native tonic calculator on a fresh port, on a runtime of its own with `workers`

@@ -419,8 +419,10 @@ async fn orders_placed_while_notifications_is_away_still_appear(env: Env) {
 /// A reservation whose order was never stored (its reply came after orders' timeout)
 /// is given back by inventory's `release-stale` schedule; an order's stays sold.
 async fn a_reservation_without_its_order_is_released_by_the_schedule(env: Env) {
+    // Holds last 3 s: long enough that both are still held when checked below, even on
+    // a loaded machine (with 1 s, a CI run found the stale one released already).
     env.redeploy("inventory", |spec| {
-        spec.config.insert("HOLD_SECONDS".into(), "1".into());
+        spec.config.insert("HOLD_SECONDS".into(), "3".into());
         spec.schedules[0].every = Some("1s".into());
     })
     .await;
